@@ -1,0 +1,1 @@
+"""Training pipelines: wiring of custops steps (feature snapshot in, registered model out)."""

@@ -1,0 +1,1 @@
+"""BentoML serving layer for custops."""

@@ -1,0 +1,1 @@
+"""custops.models."""
