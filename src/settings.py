@@ -20,7 +20,7 @@ class FeatureSettings(BaseModel):
 
     windows_days: tuple[int, ...] = Field((30, 90, 180, 365), description="Look-back windows for windowed features.")
     engagement_windows_days: tuple[int, ...] = Field((30, 90), description="Look-back windows for interaction counts.")
-    n_cutoffs: int = Field(12, ge=1, description="How many cutoffs `features build` makes by default.")
+    n_cutoffs: int = Field(24, ge=1, description="How many cutoffs `features build` makes by default.")
     cutoff_every_months: int = Field(1, ge=1, description="Spacing of the default cutoff series, in months.")
     churn_horizon_days: int = Field(90, ge=1, description="Churn label: no purchase in [t, t+H).")
     value_horizon_days: int = Field(365, ge=1, description="Future-value label: net spend in [t, t+H).")
