@@ -36,13 +36,14 @@ def ingest_raw(settings: Settings, sources: Mapping[str, str | Path | None] | No
     return ingest(sources or raw_sources(settings.raw_dir), settings)
 
 
-def build_features(
-    settings: Settings, *, cutoffs: Sequence[Any] | None = None, engine: str = "duckdb"
-) -> Snapshot:
+def build_features(settings: Settings, *, cutoffs: Sequence[Any] | None = None, engine: str = "duckdb") -> Snapshot:
     """Build a new offline snapshot from the validated layer."""
     return build_snapshot(
-        settings.validated_dir, OfflineStore(settings.offline_store_dir), settings.features,
-        cutoffs=cutoffs, engine=engine,
+        settings.validated_dir,
+        OfflineStore(settings.offline_store_dir),
+        settings.features,
+        cutoffs=cutoffs,
+        engine=engine,
     )
 
 

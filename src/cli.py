@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from custops.errors import ConfigError, CustopsError, DataContractError, StoreError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-from custops.errors import ConfigError, CustopsError, DataContractError, StoreError
 
 app = typer.Typer(
     name="custops",
@@ -71,8 +70,14 @@ def _settings() -> Any:
 @contextlib.contextmanager
 def _step(label: str) -> Iterator[None]:
     """A spinner with elapsed time for one long step."""
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                  transient=True, disable=not err.is_terminal) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as progress:
         progress.add_task(label, total=None)
         yield
     err.print(f"[green]✓[/] {label}")
@@ -128,8 +133,12 @@ def data_generate(
         s = _settings()
         if file_format not in ("csv", "parquet"):
             raise ConfigError(f"--format {file_format!r} is not supported (use csv or parquet)")
-        cfg = SyntheticConfig(n_customers=customers, seed=s.seed if seed is None else seed,
-                              file_format=file_format, events_per_customer_target=events_per_customer)  # type: ignore[arg-type]
+        cfg = SyntheticConfig(
+            n_customers=customers,
+            seed=s.seed if seed is None else seed,
+            file_format=file_format,
+            events_per_customer_target=events_per_customer,
+        )  # type: ignore[arg-type]
         with _step(f"Generating {customers:,} customers"):
             res = generate(cfg, out_dir or s.raw_dir)
         t = Table(title="Generated")
@@ -157,8 +166,12 @@ def data_ingest(
         from custops.pipelines.features import ingest_raw, raw_sources
 
         s = _settings()
-        given = {"transactions": transactions, "interactions": interactions, "customers": customers,
-                 "products": products}
+        given = {
+            "transactions": transactions,
+            "interactions": interactions,
+            "customers": customers,
+            "products": products,
+        }
         sources = given if transactions else {**raw_sources(s.raw_dir), **{k: v for k, v in given.items() if v}}
         if not sources.get("transactions"):
             raise ConfigError(f"no transactions source: pass --transactions or put transactions.csv in {s.raw_dir}")
@@ -175,7 +188,9 @@ def data_ingest(
 @features_app.command("build")
 def features_build(
     cutoff: Annotated[list[str] | None, typer.Option("--cutoff", help="Cutoff date YYYY-MM-DD (repeatable).")] = None,
-    n_cutoffs: Annotated[int | None, typer.Option(min=1, help="Number of monthly cutoffs (default from settings).")] = None,
+    n_cutoffs: Annotated[
+        int | None, typer.Option(min=1, help="Number of monthly cutoffs (default from settings).")
+    ] = None,
     engine: Annotated[str, typer.Option(help="Execution engine.")] = "duckdb",
     materialize: Annotated[bool, typer.Option(help="Also refresh the online store.")] = True,
 ) -> None:
@@ -194,7 +209,9 @@ def features_build(
         if materialize:
             with _step("Materializing online store"):
                 meta = do_materialize(s, snap.snapshot_id)
-            out.print(f"Online store: {meta['rows']:,} customers at cutoff {meta['cutoff'][:10]} -> {s.online_store_path}")
+            out.print(
+                f"Online store: {meta['rows']:,} customers at cutoff {meta['cutoff'][:10]} -> {s.online_store_path}"
+            )
 
     _run(body)
 
@@ -211,8 +228,10 @@ def features_materialize(
         s = _settings()
         with _step("Materializing online store"):
             meta = materialize(s, snapshot)
-        out.print(f"Online store: {meta['rows']:,} customers from {meta['snapshot_id']} "
-                  f"(cutoff {meta['cutoff'][:10]}) -> {s.online_store_path}")
+        out.print(
+            f"Online store: {meta['rows']:,} customers from {meta['snapshot_id']} "
+            f"(cutoff {meta['cutoff'][:10]}) -> {s.online_store_path}"
+        )
 
     _run(body)
 
@@ -232,16 +251,31 @@ def features_describe(
         snap = OfflineStore(s.offline_store_dir).get(snapshot)
         desc = snap.describe(cutoff)
         if as_json:
-            out.print_json(json.dumps({"snapshot_id": snap.snapshot_id, "cutoff": desc.attrs["cutoff"],
-                                       "features": desc.reset_index().to_dict(orient="records")}, default=str))
+            out.print_json(
+                json.dumps(
+                    {
+                        "snapshot_id": snap.snapshot_id,
+                        "cutoff": desc.attrs["cutoff"],
+                        "features": desc.reset_index().to_dict(orient="records"),
+                    },
+                    default=str,
+                )
+            )
             return
         t = Table(title=f"{snap.snapshot_id} at cutoff {desc.attrs['cutoff']}")
         for col in ("feature", "view", "description", "null %", "mean", "min", "max"):
             t.add_column(col, overflow="fold", justify="right" if col in ("null %", "mean") else "left")
         for name, r in desc.iterrows():
             mean = "" if r["mean"] != r["mean"] else f"{r['mean']:.3g}"
-            t.add_row(str(name), r["view"], r["description"], f"{r['null_pct']:.1f}", mean,
-                      str(r["min"])[:19], str(r["max"])[:19])
+            t.add_row(
+                str(name),
+                r["view"],
+                r["description"],
+                f"{r['null_pct']:.1f}",
+                mean,
+                str(r["min"])[:19],
+                str(r["max"])[:19],
+            )
         out.print(t)
 
     _run(body)

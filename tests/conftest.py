@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from custops.data import schema
 from custops.settings import FeatureSettings, Settings
 
@@ -45,20 +44,41 @@ def settings(tmp_path: Path) -> Settings:
 def small_fs() -> FeatureSettings:
     """Feature settings of the hand-computed fixture (short windows so every family is exercised)."""
     return FeatureSettings(
-        windows_days=(30, 90), engagement_windows_days=(30, 90), churn_horizon_days=90,
-        value_horizon_days=365, propensity_horizon_days=30, top_categories=2,
-        new_days=60, at_risk_days=30, churned_days=60, loyal_min_orders_365d=2,
+        windows_days=(30, 90),
+        engagement_windows_days=(30, 90),
+        churn_horizon_days=90,
+        value_horizon_days=365,
+        propensity_horizon_days=30,
+        top_categories=2,
+        new_days=60,
+        at_risk_days=30,
+        churned_days=60,
+        loyal_min_orders_365d=2,
     )
 
 
 TX = [
     # customer A: o1 (2 lines) and o2 before 2024-03-01, a refund, o3 after it
     dict(customer_id="A", timestamp="2024-01-10 10:00", amount=10.0, order_id="o1", product_id="p1", category="x"),
-    dict(customer_id="A", timestamp="2024-01-10 10:00", amount=5.0, order_id="o1", product_id="p2", category="y",
-         quantity=2.0),
+    dict(
+        customer_id="A",
+        timestamp="2024-01-10 10:00",
+        amount=5.0,
+        order_id="o1",
+        product_id="p2",
+        category="y",
+        quantity=2.0,
+    ),
     dict(customer_id="A", timestamp="2024-02-15 12:00", amount=20.0, order_id="o2", product_id="p1", category="x"),
-    dict(customer_id="A", timestamp="2024-02-20 09:00", amount=5.0, order_id="o1", product_id="p2", category="y",
-         status="refund"),
+    dict(
+        customer_id="A",
+        timestamp="2024-02-20 09:00",
+        amount=5.0,
+        order_id="o1",
+        product_id="p2",
+        category="y",
+        status="refund",
+    ),
     dict(customer_id="A", timestamp="2024-03-10 00:00", amount=30.0, order_id="o3", product_id="p3", category="x"),
     # customer B: signed up before 2024-03-01, first order after it
     dict(customer_id="B", timestamp="2024-03-20 15:00", amount=8.0, order_id="o4", product_id="p2", category="y"),
@@ -86,5 +106,6 @@ OBSERVED_UNTIL = pd.Timestamp("2024-07-01")
 @pytest.fixture
 def hand_validated(tmp_path: Path) -> Path:
     """The hand-computed fixture as a validated layer."""
-    return write_validated(tmp_path / "validated", [dict(r) for r in TX], [dict(r) for r in IX],
-                           [dict(r) for r in CUSTOMERS])
+    return write_validated(
+        tmp_path / "validated", [dict(r) for r in TX], [dict(r) for r in IX], [dict(r) for r in CUSTOMERS]
+    )

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import custops
 import ibis
 import pandas as pd
-
-import custops
 from custops.errors import ConfigError, StoreError
 from custops.features.definitions import FeatureRegistry, build_registry, feature_services
 from custops.features.engine import build_expression, default_cutoffs, normalize_cutoffs, top_categories
@@ -45,9 +44,7 @@ def validated_files(validated_dir: Path) -> dict[str, Path]:
     files = {t: Path(validated_dir) / f"{t}.parquet" for t in (*REQUIRED_TABLES, *OPTIONAL_TABLES)}
     missing = [t for t in REQUIRED_TABLES if not files[t].exists()]
     if missing:
-        raise StoreError(
-            f"validated table(s) {missing} not found in {validated_dir}: run `custops data ingest` first"
-        )
+        raise StoreError(f"validated table(s) {missing} not found in {validated_dir}: run `custops data ingest` first")
     return {t: p for t, p in files.items() if p.exists()}
 
 
@@ -116,7 +113,9 @@ def build_snapshot(
     return store.write(sid, write, manifest)
 
 
-def _fingerprint(sources: dict[str, Any], cuts: Sequence[pd.Timestamp], fs: FeatureSettings, cats: Sequence[str]) -> str:
+def _fingerprint(
+    sources: dict[str, Any], cuts: Sequence[pd.Timestamp], fs: FeatureSettings, cats: Sequence[str]
+) -> str:
     payload = json.dumps(
         {
             "sources": {k: v["sha256"] for k, v in sources.items()},
@@ -159,8 +158,13 @@ def _manifest(
         "observed_until": observed_until.isoformat(),
         "categories": list(registry.categories),
         "features": [
-            {"name": f.name, "view": registry.view_of(f.name).name, "dtype": f.dtype,
-             "description": f.description, "model_input": f.model_input}
+            {
+                "name": f.name,
+                "view": registry.view_of(f.name).name,
+                "dtype": f.dtype,
+                "description": f.description,
+                "model_input": f.model_input,
+            }
             for f in registry.features()
         ],
         "labels": [

@@ -24,7 +24,6 @@ from typing import Literal
 
 import ibis
 import ibis.expr.types as ir
-
 from custops.data.schema import EVENT_TYPES
 from custops.settings import FeatureSettings
 
@@ -43,9 +42,7 @@ class Entity:
     description: str
 
 
-CUSTOMER = Entity(
-    name="customer", join_key="customer_id", description="A person or account that buys or engages."
-)
+CUSTOMER = Entity(name="customer", join_key="customer_id", description="A person or account that buys or engages.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,26 +156,63 @@ def _transactions_lifetime() -> FeatureView:
         source="order_events",
         description="Purchase history before the cutoff (all time).",
         features=(
-            Feature(name="n_orders", description="Distinct orders placed before the cutoff.",
-                    expr=lambda t: _count(t.order_start.sum()), dtype="int64", fill=0),
-            Feature(name="n_purchase_days", description="Distinct days with a purchase (BTYD transactions).",
-                    expr=lambda t: _count(t.new_day.sum()), dtype="int64", fill=0),
-            Feature(name="n_lines", description="Purchased order lines.",
-                    expr=lambda t: _count(t.lines.sum()), dtype="int64", fill=0),
-            Feature(name="total_quantity", description="Units purchased.",
-                    expr=lambda t: t.quantity.sum(), fill=0.0),
-            Feature(name="revenue_total", description="Gross purchase revenue (refunds not deducted).",
-                    expr=lambda t: t.revenue.sum(), fill=0.0),
-            Feature(name="max_order_value", description="Largest single order value.",
-                    expr=lambda t: t.revenue.max()),
-            Feature(name="first_purchase_at", description="Timestamp of the first purchase.",
-                    expr=lambda t: t.timestamp.min(), dtype="timestamp", model_input=False),
-            Feature(name="last_purchase_at", description="Timestamp of the last purchase.",
-                    expr=lambda t: t.timestamp.max(), dtype="timestamp", model_input=False),
-            Feature(name="ipt_sum_days", description="Sum of gaps between purchase days (helper).",
-                    expr=lambda t: t.gap_days.sum(), fill=0.0, model_input=False),
-            Feature(name="ipt_sumsq_days", description="Sum of squared gaps between purchase days (helper).",
-                    expr=lambda t: (t.gap_days * t.gap_days).sum(), fill=0.0, model_input=False),
+            Feature(
+                name="n_orders",
+                description="Distinct orders placed before the cutoff.",
+                expr=lambda t: _count(t.order_start.sum()),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(
+                name="n_purchase_days",
+                description="Distinct days with a purchase (BTYD transactions).",
+                expr=lambda t: _count(t.new_day.sum()),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(
+                name="n_lines",
+                description="Purchased order lines.",
+                expr=lambda t: _count(t.lines.sum()),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(name="total_quantity", description="Units purchased.", expr=lambda t: t.quantity.sum(), fill=0.0),
+            Feature(
+                name="revenue_total",
+                description="Gross purchase revenue (refunds not deducted).",
+                expr=lambda t: t.revenue.sum(),
+                fill=0.0,
+            ),
+            Feature(name="max_order_value", description="Largest single order value.", expr=lambda t: t.revenue.max()),
+            Feature(
+                name="first_purchase_at",
+                description="Timestamp of the first purchase.",
+                expr=lambda t: t.timestamp.min(),
+                dtype="timestamp",
+                model_input=False,
+            ),
+            Feature(
+                name="last_purchase_at",
+                description="Timestamp of the last purchase.",
+                expr=lambda t: t.timestamp.max(),
+                dtype="timestamp",
+                model_input=False,
+            ),
+            Feature(
+                name="ipt_sum_days",
+                description="Sum of gaps between purchase days (helper).",
+                expr=lambda t: t.gap_days.sum(),
+                fill=0.0,
+                model_input=False,
+            ),
+            Feature(
+                name="ipt_sumsq_days",
+                description="Sum of squared gaps between purchase days (helper).",
+                expr=lambda t: (t.gap_days * t.gap_days).sum(),
+                fill=0.0,
+                model_input=False,
+            ),
         ),
     )
 
@@ -192,10 +226,19 @@ def _transactions_window(days: int) -> FeatureView:
         window_days=days,
         description=f"Purchases in the {days} days before the cutoff.",
         features=(
-            Feature(name=f"orders_{days}d", description=f"Orders begun in the {days} days before the cutoff.",
-                    expr=lambda t: _count(t.order_start.sum(where=within(t, days))), dtype="int64", fill=0),
-            Feature(name=f"revenue_{days}d", description=f"Gross revenue in the {days} days before the cutoff.",
-                    expr=lambda t: t.revenue.sum(where=within(t, days)), fill=0.0),
+            Feature(
+                name=f"orders_{days}d",
+                description=f"Orders begun in the {days} days before the cutoff.",
+                expr=lambda t: _count(t.order_start.sum(where=within(t, days))),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(
+                name=f"revenue_{days}d",
+                description=f"Gross revenue in the {days} days before the cutoff.",
+                expr=lambda t: t.revenue.sum(where=within(t, days)),
+                fill=0.0,
+            ),
         ),
     )
 
@@ -208,10 +251,19 @@ def _refunds_lifetime() -> FeatureView:
         source="refund_events",
         description="Refunds issued before the cutoff.",
         features=(
-            Feature(name="n_refunds", description="Refunded order lines.",
-                    expr=lambda t: _count(t.amount.count()), dtype="int64", fill=0),
-            Feature(name="refund_amount_total", description="Total refunded amount.",
-                    expr=lambda t: t.amount.sum(), fill=0.0),
+            Feature(
+                name="n_refunds",
+                description="Refunded order lines.",
+                expr=lambda t: _count(t.amount.count()),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(
+                name="refund_amount_total",
+                description="Total refunded amount.",
+                expr=lambda t: t.amount.sum(),
+                fill=0.0,
+            ),
         ),
     )
 
@@ -224,10 +276,20 @@ def _assortment_lifetime() -> FeatureView:
         source="first_purchases",
         description="Breadth of what the customer bought before the cutoff.",
         features=(
-            Feature(name="distinct_products", description="Distinct products bought.",
-                    expr=lambda t: _count((t.kind == "product").sum()), dtype="int64", fill=0),
-            Feature(name="distinct_categories", description="Distinct categories bought.",
-                    expr=lambda t: _count((t.kind == "category").sum()), dtype="int64", fill=0),
+            Feature(
+                name="distinct_products",
+                description="Distinct products bought.",
+                expr=lambda t: _count((t.kind == "product").sum()),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(
+                name="distinct_categories",
+                description="Distinct categories bought.",
+                expr=lambda t: _count((t.kind == "category").sum()),
+                dtype="int64",
+                fill=0,
+            ),
         ),
     )
 
@@ -239,12 +301,24 @@ def _engagement_window(days: int) -> FeatureView:
         return lambda t: _count(t.n.sum(where=within(t, days) & (t.event_type == event_type)))
 
     feats = [
-        Feature(name=f"{et}_{days}d", description=f"'{et}' events in the {days} days before the cutoff.",
-                expr=count_of(et), dtype="int64", fill=0)
+        Feature(
+            name=f"{et}_{days}d",
+            description=f"'{et}' events in the {days} days before the cutoff.",
+            expr=count_of(et),
+            dtype="int64",
+            fill=0,
+        )
         for et in EVENT_TYPES
     ]
-    feats.append(Feature(name=f"interactions_{days}d", description=f"All interactions in the {days} days before the cutoff.",
-                         expr=count_of(None), dtype="int64", fill=0))
+    feats.append(
+        Feature(
+            name=f"interactions_{days}d",
+            description=f"All interactions in the {days} days before the cutoff.",
+            expr=count_of(None),
+            dtype="int64",
+            fill=0,
+        )
+    )
     return FeatureView(
         name=f"customer_{days}d_engagement",
         entity=CUSTOMER,
@@ -264,12 +338,27 @@ def _activity_lifetime() -> FeatureView:
         source="activity_days",
         description="Last seen times before the cutoff.",
         features=(
-            Feature(name="last_interaction_at", description="Timestamp of the last interaction of any type.",
-                    expr=lambda t: t.last_ts.max(), dtype="timestamp", model_input=False),
-            Feature(name="last_login_at", description="Timestamp of the last login.",
-                    expr=lambda t: t.last_login_ts.max(), dtype="timestamp", model_input=False),
-            Feature(name="active_days", description="Distinct days with any interaction.",
-                    expr=lambda t: _count(t.last_ts.count()), dtype="int64", fill=0),
+            Feature(
+                name="last_interaction_at",
+                description="Timestamp of the last interaction of any type.",
+                expr=lambda t: t.last_ts.max(),
+                dtype="timestamp",
+                model_input=False,
+            ),
+            Feature(
+                name="last_login_at",
+                description="Timestamp of the last login.",
+                expr=lambda t: t.last_login_ts.max(),
+                dtype="timestamp",
+                model_input=False,
+            ),
+            Feature(
+                name="active_days",
+                description="Distinct days with any interaction.",
+                expr=lambda t: _count(t.last_ts.count()),
+                dtype="int64",
+                fill=0,
+            ),
         ),
     )
 
@@ -281,12 +370,18 @@ def _profile() -> FeatureView:
         kind="derived",
         description="Who the customer is (from the customers table).",
         features=(
-            Feature(name="country", description="Country of the customer.",
-                    expr=lambda t: t.country, dtype="string"),
-            Feature(name="acquisition_channel", description="Channel the customer was acquired through.",
-                    expr=lambda t: t.acquisition_channel, dtype="string"),
-            Feature(name="tenure_days", description="Days from signup (or first activity, if earlier) to the cutoff.",
-                    expr=lambda t: days_between(t.cutoff, t.exists_from)),
+            Feature(name="country", description="Country of the customer.", expr=lambda t: t.country, dtype="string"),
+            Feature(
+                name="acquisition_channel",
+                description="Channel the customer was acquired through.",
+                expr=lambda t: t.acquisition_channel,
+                dtype="string",
+            ),
+            Feature(
+                name="tenure_days",
+                description="Days from signup (or first activity, if earlier) to the cutoff.",
+                expr=lambda t: days_between(t.cutoff, t.exists_from),
+            ),
         ),
     )
 
@@ -296,47 +391,87 @@ def _rfm_derived(fs: FeatureSettings) -> FeatureView:
     emax = max(fs.engagement_windows_days)
     emin = min(fs.engagement_windows_days)
     feats = [
-        Feature(name="recency_days", description="Days since the last purchase (NULL: never bought).",
-                expr=lambda t: days_between(t.cutoff, t.last_purchase_at)),
-        Feature(name="customer_age_days", description="Days since the first purchase (BTYD 'T').",
-                expr=lambda t: days_between(t.cutoff, t.first_purchase_at)),
-        Feature(name="frequency_btyd", description="Repeat purchase days (BTYD frequency = purchase days - 1).",
-                expr=lambda t: ibis.greatest(t.n_purchase_days - 1, 0).cast("int64"), dtype="int64"),
-        Feature(name="avg_order_value", description="Revenue per order.",
-                expr=lambda t: ratio(t.revenue_total, t.n_orders)),
-        Feature(name="basket_size", description="Order lines per order.",
-                expr=lambda t: ratio(t.n_lines, t.n_orders)),
-        Feature(name="ipt_mean_days", description="Mean days between purchase days.",
-                expr=lambda t: ratio(t.ipt_sum_days, _gaps(t))),
-        Feature(name="ipt_std_days", description="Standard deviation of days between purchase days.",
-                expr=lambda t: ibis.greatest(
-                    ratio(t.ipt_sumsq_days, _gaps(t)) - ratio(t.ipt_sum_days, _gaps(t)) ** 2, 0.0).sqrt()),
-        Feature(name="refund_rate", description="Refunded lines per purchased line.",
-                expr=lambda t: ratio(t.n_refunds, t.n_lines)),
-        Feature(name="days_since_last_interaction", description="Days since any interaction (NULL: none).",
-                expr=lambda t: days_between(t.cutoff, t.last_interaction_at)),
-        Feature(name="days_since_last_login", description="Days since the last login (NULL: none).",
-                expr=lambda t: days_between(t.cutoff, t.last_login_at)),
-        Feature(name=f"email_open_rate_{emax}d", description=f"Email opens per email sent, last {emax} days.",
-                expr=lambda t: ratio(t[f"email_open_{emax}d"], t[f"email_sent_{emax}d"])),
-        Feature(name=f"email_click_rate_{emax}d", description=f"Email clicks per email opened, last {emax} days.",
-                expr=lambda t: ratio(t[f"email_click_{emax}d"], t[f"email_open_{emax}d"])),
+        Feature(
+            name="recency_days",
+            description="Days since the last purchase (NULL: never bought).",
+            expr=lambda t: days_between(t.cutoff, t.last_purchase_at),
+        ),
+        Feature(
+            name="customer_age_days",
+            description="Days since the first purchase (BTYD 'T').",
+            expr=lambda t: days_between(t.cutoff, t.first_purchase_at),
+        ),
+        Feature(
+            name="frequency_btyd",
+            description="Repeat purchase days (BTYD frequency = purchase days - 1).",
+            expr=lambda t: ibis.greatest(t.n_purchase_days - 1, 0).cast("int64"),
+            dtype="int64",
+        ),
+        Feature(
+            name="avg_order_value", description="Revenue per order.", expr=lambda t: ratio(t.revenue_total, t.n_orders)
+        ),
+        Feature(name="basket_size", description="Order lines per order.", expr=lambda t: ratio(t.n_lines, t.n_orders)),
+        Feature(
+            name="ipt_mean_days",
+            description="Mean days between purchase days.",
+            expr=lambda t: ratio(t.ipt_sum_days, _gaps(t)),
+        ),
+        Feature(
+            name="ipt_std_days",
+            description="Standard deviation of days between purchase days.",
+            expr=lambda t: ibis.greatest(
+                ratio(t.ipt_sumsq_days, _gaps(t)) - ratio(t.ipt_sum_days, _gaps(t)) ** 2, 0.0
+            ).sqrt(),
+        ),
+        Feature(
+            name="refund_rate",
+            description="Refunded lines per purchased line.",
+            expr=lambda t: ratio(t.n_refunds, t.n_lines),
+        ),
+        Feature(
+            name="days_since_last_interaction",
+            description="Days since any interaction (NULL: none).",
+            expr=lambda t: days_between(t.cutoff, t.last_interaction_at),
+        ),
+        Feature(
+            name="days_since_last_login",
+            description="Days since the last login (NULL: none).",
+            expr=lambda t: days_between(t.cutoff, t.last_login_at),
+        ),
+        Feature(
+            name=f"email_open_rate_{emax}d",
+            description=f"Email opens per email sent, last {emax} days.",
+            expr=lambda t: ratio(t[f"email_open_{emax}d"], t[f"email_sent_{emax}d"]),
+        ),
+        Feature(
+            name=f"email_click_rate_{emax}d",
+            description=f"Email clicks per email opened, last {emax} days.",
+            expr=lambda t: ratio(t[f"email_click_{emax}d"], t[f"email_open_{emax}d"]),
+        ),
     ]
     if emin != emax:
-        feats.append(Feature(
-            name=f"engagement_trend_{emin}_{emax}",
-            description=f"Interaction rate in the last {emin} days relative to the last {emax} (1 = steady, <1 = falling).",
-            expr=lambda t: ratio(t[f"interactions_{emin}d"] * (emax / emin), t[f"interactions_{emax}d"])))
+        feats.append(
+            Feature(
+                name=f"engagement_trend_{emin}_{emax}",
+                description=f"Interaction rate in the last {emin} days relative to the last {emax} "
+                "(1 = steady, <1 = falling).",
+                expr=lambda t: ratio(t[f"interactions_{emin}d"] * (emax / emin), t[f"interactions_{emax}d"]),
+            )
+        )
     short = [w for w in fs.windows_days if w < wmax]
     if short:
         w = max(w for w in short if w <= 90) if any(w <= 90 for w in short) else min(short)
         feats += [
-            Feature(name=f"orders_trend_{w}_{wmax}",
-                    description=f"Order rate in the last {w} days relative to the last {wmax} (1 = steady).",
-                    expr=lambda t: ratio(t[f"orders_{w}d"] * (wmax / w), t[f"orders_{wmax}d"])),
-            Feature(name=f"revenue_trend_{w}_{wmax}",
-                    description=f"Revenue rate in the last {w} days relative to the last {wmax} (1 = steady).",
-                    expr=lambda t: ratio(t[f"revenue_{w}d"] * (wmax / w), t[f"revenue_{wmax}d"])),
+            Feature(
+                name=f"orders_trend_{w}_{wmax}",
+                description=f"Order rate in the last {w} days relative to the last {wmax} (1 = steady).",
+                expr=lambda t: ratio(t[f"orders_{w}d"] * (wmax / w), t[f"orders_{wmax}d"]),
+            ),
+            Feature(
+                name=f"revenue_trend_{w}_{wmax}",
+                description=f"Revenue rate in the last {w} days relative to the last {wmax} (1 = steady).",
+                expr=lambda t: ratio(t[f"revenue_{w}d"] * (wmax / w), t[f"revenue_{wmax}d"]),
+            ),
         ]
     return FeatureView(
         name="customer_rfm",
@@ -414,23 +549,45 @@ def _segments(fs: FeatureSettings) -> FeatureView:
         kind="segment",
         description="RFM scores, named RFM segment, value tier and lifecycle stage at the cutoff.",
         features=(
-            Feature(name="r_score", description="Recency quintile among buyers (5 = most recent).",
-                    expr=lambda t: _quintile(t, "recency_days", descending=True), dtype="int64"),
-            Feature(name="f_score", description="Order-count quintile among buyers (5 = most orders).",
-                    expr=lambda t: _quintile(t, "n_orders"), dtype="int64"),
-            Feature(name="m_score", description="Revenue quintile among buyers (5 = highest spend).",
-                    expr=lambda t: _quintile(t, "revenue_total"), dtype="int64"),
-            Feature(name="rfm_segment", description="Named RF segment (Champions, Loyal Customers, At Risk, ...).",
-                    expr=_segment_of, dtype="string"),
-            Feature(name="value_tier",
-                    description=f"Tier by revenue in the last {wmax} days among buyers: platinum top 10%, "
-                                "gold next 20%, silver next 30%, bronze rest; inactive: no spend in the window; none: never bought.",
-                    expr=lambda t: _value_tier(t, f"revenue_{wmax}d"), dtype="string"),
-            Feature(name="lifecycle_stage",
-                    description=f"prospect (never bought) > churned (no purchase in {fs.churned_days}d) > "
-                                f"at-risk (none in {fs.at_risk_days}d) > new (first purchase within {fs.new_days}d) > "
-                                f"loyal (>= {fs.loyal_min_orders_365d} orders in {loyal_window}d) > active.",
-                    expr=lifecycle, dtype="string"),
+            Feature(
+                name="r_score",
+                description="Recency quintile among buyers (5 = most recent).",
+                expr=lambda t: _quintile(t, "recency_days", descending=True),
+                dtype="int64",
+            ),
+            Feature(
+                name="f_score",
+                description="Order-count quintile among buyers (5 = most orders).",
+                expr=lambda t: _quintile(t, "n_orders"),
+                dtype="int64",
+            ),
+            Feature(
+                name="m_score",
+                description="Revenue quintile among buyers (5 = highest spend).",
+                expr=lambda t: _quintile(t, "revenue_total"),
+                dtype="int64",
+            ),
+            Feature(
+                name="rfm_segment",
+                description="Named RF segment (Champions, Loyal Customers, At Risk, ...).",
+                expr=_segment_of,
+                dtype="string",
+            ),
+            Feature(
+                name="value_tier",
+                description=f"Tier by revenue in the last {wmax} days among buyers: platinum top 10%, "
+                "gold next 20%, silver next 30%, bronze rest; inactive: no spend in the window; none: never bought.",
+                expr=lambda t: _value_tier(t, f"revenue_{wmax}d"),
+                dtype="string",
+            ),
+            Feature(
+                name="lifecycle_stage",
+                description=f"prospect (never bought) > churned (no purchase in {fs.churned_days}d) > "
+                f"at-risk (none in {fs.at_risk_days}d) > new (first purchase within {fs.new_days}d) > "
+                f"loyal (>= {fs.loyal_min_orders_365d} orders in {loyal_window}d) > active.",
+                expr=lifecycle,
+                dtype="string",
+            ),
         ),
     )
 
@@ -450,14 +607,33 @@ def _labels(fs: FeatureSettings, categories: Sequence[str]) -> tuple[FeatureView
         window_days=max(ch, va, pr),
         description="Purchases at or after the cutoff (label inputs).",
         features=(
-            Feature(name=f"future_orders_{ch}d", description=f"Orders begun in [t, t+{ch}d).",
-                    expr=lambda t: _count(t.order_start.sum(where=ahead(t, ch))), dtype="int64", fill=0),
-            Feature(name=f"future_orders_{pr}d", description=f"Orders begun in [t, t+{pr}d).",
-                    expr=lambda t: _count(t.order_start.sum(where=ahead(t, pr))), dtype="int64", fill=0),
-            Feature(name=f"future_purchase_days_{va}d", description=f"Purchase days in [t, t+{va}d).",
-                    expr=lambda t: _count(t.new_day.sum(where=ahead(t, va))), dtype="int64", fill=0),
-            Feature(name=f"future_revenue_{va}d", description=f"Gross revenue in [t, t+{va}d).",
-                    expr=lambda t: t.revenue.sum(where=ahead(t, va)), fill=0.0),
+            Feature(
+                name=f"future_orders_{ch}d",
+                description=f"Orders begun in [t, t+{ch}d).",
+                expr=lambda t: _count(t.order_start.sum(where=ahead(t, ch))),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(
+                name=f"future_orders_{pr}d",
+                description=f"Orders begun in [t, t+{pr}d).",
+                expr=lambda t: _count(t.order_start.sum(where=ahead(t, pr))),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(
+                name=f"future_purchase_days_{va}d",
+                description=f"Purchase days in [t, t+{va}d).",
+                expr=lambda t: _count(t.new_day.sum(where=ahead(t, va))),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(
+                name=f"future_revenue_{va}d",
+                description=f"Gross revenue in [t, t+{va}d).",
+                expr=lambda t: t.revenue.sum(where=ahead(t, va)),
+                fill=0.0,
+            ),
         ),
     )
     future_refunds = FeatureView(
@@ -468,29 +644,48 @@ def _labels(fs: FeatureSettings, categories: Sequence[str]) -> tuple[FeatureView
         window_days=va,
         description="Refunds at or after the cutoff (deducted from future value).",
         features=(
-            Feature(name=f"future_refunds_{va}d", description=f"Refunded amount in [t, t+{va}d).",
-                    expr=lambda t: t.amount.sum(where=ahead(t, va)), fill=0.0),
+            Feature(
+                name=f"future_refunds_{va}d",
+                description=f"Refunded amount in [t, t+{va}d).",
+                expr=lambda t: t.amount.sum(where=ahead(t, va)),
+                fill=0.0,
+            ),
         ),
     )
     labels = [
-        Feature(name=f"label_churn_{ch}d",
-                description=f"1 if a customer who has bought makes no purchase in [t, t+{ch}d); NULL for prospects.",
-                expr=lambda t: ibis.ifelse(t.is_buyer & _complete(t, ch),
-                                           (t[f"future_orders_{ch}d"] == 0).cast("int64"), ibis.null("int64")),
-                dtype="int64"),
-        Feature(name=f"label_value_{va}d", description=f"Net spend (revenue - refunds) in [t, t+{va}d).",
-                expr=lambda t: ibis.ifelse(_complete(t, va),
-                                           t[f"future_revenue_{va}d"] - t[f"future_refunds_{va}d"], ibis.null("float64"))),
-        Feature(name=f"label_purchase_days_{va}d", description=f"Purchase days (BTYD transactions) in [t, t+{va}d).",
-                expr=lambda t: ibis.ifelse(_complete(t, va), t[f"future_purchase_days_{va}d"], ibis.null("int64")),
-                dtype="int64"),
-        Feature(name=f"label_purchase_{pr}d", description=f"1 if any purchase in [t, t+{pr}d).",
-                expr=lambda t: ibis.ifelse(_complete(t, pr), (t[f"future_orders_{pr}d"] > 0).cast("int64"),
-                                           ibis.null("int64")),
-                dtype="int64"),
+        Feature(
+            name=f"label_churn_{ch}d",
+            description=f"1 if a customer who has bought makes no purchase in [t, t+{ch}d); NULL for prospects.",
+            expr=lambda t: ibis.ifelse(
+                t.is_buyer & _complete(t, ch), (t[f"future_orders_{ch}d"] == 0).cast("int64"), ibis.null("int64")
+            ),
+            dtype="int64",
+        ),
+        Feature(
+            name=f"label_value_{va}d",
+            description=f"Net spend (revenue - refunds) in [t, t+{va}d).",
+            expr=lambda t: ibis.ifelse(
+                _complete(t, va), t[f"future_revenue_{va}d"] - t[f"future_refunds_{va}d"], ibis.null("float64")
+            ),
+        ),
+        Feature(
+            name=f"label_purchase_days_{va}d",
+            description=f"Purchase days (BTYD transactions) in [t, t+{va}d).",
+            expr=lambda t: ibis.ifelse(_complete(t, va), t[f"future_purchase_days_{va}d"], ibis.null("int64")),
+            dtype="int64",
+        ),
+        Feature(
+            name=f"label_purchase_{pr}d",
+            description=f"1 if any purchase in [t, t+{pr}d).",
+            expr=lambda t: ibis.ifelse(
+                _complete(t, pr), (t[f"future_orders_{pr}d"] > 0).cast("int64"), ibis.null("int64")
+            ),
+            dtype="int64",
+        ),
     ]
     views = [future, future_refunds]
     if categories:
+
         def bought(cat: str) -> Expr:
             return lambda t: _count((t.category == cat).sum(where=ahead(t, pr)))
 
@@ -498,32 +693,44 @@ def _labels(fs: FeatureSettings, categories: Sequence[str]) -> tuple[FeatureView
             col = f"future_lines_{pr}d_cat_{slug(cat)}"
             return lambda t: ibis.ifelse(_complete(t, pr), (t[col] > 0).cast("int64"), ibis.null("int64"))
 
-        views.append(FeatureView(
-            name="customer_future_categories",
-            entity=CUSTOMER,
-            kind="future",
-            source="category_lines",
-            window_days=pr,
-            description=f"Purchased lines per top category at or after the cutoff (label inputs).",
-            features=tuple(
-                Feature(name=f"future_lines_{pr}d_cat_{slug(c)}", description=f"Lines bought in '{c}' in [t, t+{pr}d).",
-                        expr=bought(c), dtype="int64", fill=0)
-                for c in categories
-            ),
-        ))
+        views.append(
+            FeatureView(
+                name="customer_future_categories",
+                entity=CUSTOMER,
+                kind="future",
+                source="category_lines",
+                window_days=pr,
+                description="Purchased lines per top category at or after the cutoff (label inputs).",
+                features=tuple(
+                    Feature(
+                        name=f"future_lines_{pr}d_cat_{slug(c)}",
+                        description=f"Lines bought in '{c}' in [t, t+{pr}d).",
+                        expr=bought(c),
+                        dtype="int64",
+                        fill=0,
+                    )
+                    for c in categories
+                ),
+            )
+        )
         labels += [
-            Feature(name=f"label_purchase_{pr}d_cat_{slug(c)}",
-                    description=f"1 if the customer buys in category '{c}' in [t, t+{pr}d).",
-                    expr=label_of(c), dtype="int64")
+            Feature(
+                name=f"label_purchase_{pr}d_cat_{slug(c)}",
+                description=f"1 if the customer buys in category '{c}' in [t, t+{pr}d).",
+                expr=label_of(c),
+                dtype="int64",
+            )
             for c in categories
         ]
-    views.append(FeatureView(
-        name="customer_labels",
-        entity=CUSTOMER,
-        kind="label",
-        description="Training labels; NULL where the label window is not fully observed.",
-        features=tuple(labels),
-    ))
+    views.append(
+        FeatureView(
+            name="customer_labels",
+            entity=CUSTOMER,
+            kind="label",
+            description="Training labels; NULL where the label window is not fully observed.",
+            features=tuple(labels),
+        )
+    )
     return tuple(views)
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
-
 from custops.errors import ConfigError
 from custops.features.definitions import FeatureRegistry, FeatureView, days_between
 
@@ -121,7 +120,7 @@ def normalize_cutoffs(cutoffs: Sequence[dt.date | dt.datetime | str | pd.Timesta
     out = []
     for c in cutoffs:
         try:
-            ts = pd.Timestamp(c)
+            ts = pd.Timestamp(dt.datetime.fromisoformat(c) if isinstance(c, str) else c)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"cutoff {c!r} is not a date (expected YYYY-MM-DD)") from e
         if ts.tzinfo is not None:
@@ -195,8 +194,12 @@ def _empty_grain(source_table: str, grain_name: str) -> ir.Table:
     """A typed empty grain for an absent optional table (e.g. no interactions file)."""
     schemas = {
         "interaction_days": {"customer_id": "string", "timestamp": "timestamp", "event_type": "string", "n": "int64"},
-        "activity_days": {"customer_id": "string", "timestamp": "timestamp", "last_ts": "timestamp",
-                          "last_login_ts": "timestamp"},
+        "activity_days": {
+            "customer_id": "string",
+            "timestamp": "timestamp",
+            "last_ts": "timestamp",
+            "last_login_ts": "timestamp",
+        },
     }
     if grain_name not in schemas:
         raise ConfigError(f"the '{source_table}' table is required for grain '{grain_name}'")
@@ -237,14 +240,16 @@ def build_expression(
 
     fills = {
         f.name: t[f.name].fill_null(f.fill)
-        for v in registry.views if v.kind in ("aggregate", "future")
-        for f in v.features if f.fill is not None
+        for v in registry.views
+        if v.kind in ("aggregate", "future")
+        for f in v.features
+        if f.fill is not None
     }
     t = t.mutate(**fills)
     t = t.mutate(is_buyer=t.n_orders > 0)
     for v in registry.views:
         if v.kind == "derived":
-            t = t.mutate(**{f.name: f.expr(t)for f in v.features})
+            t = t.mutate(**{f.name: f.expr(t) for f in v.features})
     if materialize:
         # Materialise before the window functions: otherwise the SQL compiler inlines the
         # join tree into every window expression that references an earlier one.

@@ -17,7 +17,6 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
-
 from custops.errors import StoreError
 from custops.io import atomic_dir, atomic_path, read_json, write_json
 
@@ -44,8 +43,9 @@ class Snapshot:
     def read(self, columns: Sequence[str] | None = None, cutoffs: Sequence[Any] | None = None) -> pd.DataFrame:
         """Load the snapshot (optionally some columns / cutoffs) into pandas."""
         filters = [("cutoff", "in", [pd.Timestamp(c).to_datetime64() for c in cutoffs])] if cutoffs else None
-        return pq.read_table(self.features_path, columns=list(columns) if columns else None, filters=filters).to_pandas()
-
+        return pq.read_table(
+            self.features_path, columns=list(columns) if columns else None, filters=filters
+        ).to_pandas()
 
     def describe(self, cutoff: Any | None = None) -> pd.DataFrame:
         """Per-feature description and statistics at one cutoff (default: the latest)."""
@@ -58,7 +58,8 @@ class Snapshot:
         con.close()
         stats = stats.rename(columns={"column_name": "name"}).set_index("name")
         docs = {f["name"]: f for f in self.manifest["features"]} | {
-            lab["name"]: {"view": "customer_labels", "description": lab["description"]} for lab in self.manifest["labels"]
+            lab["name"]: {"view": "customer_labels", "description": lab["description"]}
+            for lab in self.manifest["labels"]
         }
         out = pd.DataFrame(
             {
@@ -110,7 +111,9 @@ class OfflineStore:
         """Committed snapshot ids, oldest first (temp folders of crashed builds are ignored)."""
         if not self.root.exists():
             return []
-        return sorted(p.name for p in self.root.iterdir() if _SNAPSHOT_ID.match(p.name) and (p / MANIFEST_FILE).exists())
+        return sorted(
+            p.name for p in self.root.iterdir() if _SNAPSHOT_ID.match(p.name) and (p / MANIFEST_FILE).exists()
+        )
 
     def latest_id(self) -> str:
         pointer = self.root / LATEST_FILE
@@ -157,7 +160,8 @@ class OnlineStore:
         con = duckdb.connect()
         cols = "*" if columns is None else ", ".join(f'"{c}"' for c in ["customer_id", "cutoff", *columns])
         df = con.execute(
-            f"SELECT {cols} FROM read_parquet(?) WHERE cutoff = ?", [str(snapshot.features_path), cutoff.to_pydatetime()]
+            f"SELECT {cols} FROM read_parquet(?) WHERE cutoff = ?",
+            [str(snapshot.features_path), cutoff.to_pydatetime()],
         ).df()
         con.close()
         for c in df.columns:

@@ -8,18 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from custops.data.schema import EVENT_TYPES
 from custops.features.definitions import build_registry
 from custops.settings import FeatureSettings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tests.conftest import write_validated
 from tests.features.test_engine import compute
 
 CUTOFF = pd.Timestamp("2024-04-01")
-FS = FeatureSettings(windows_days=(30, 90), engagement_windows_days=(7, 30), churn_horizon_days=30,
-                     value_horizon_days=60, propensity_horizon_days=14, top_categories=2)
+FS = FeatureSettings(
+    windows_days=(30, 90),
+    engagement_windows_days=(7, 30),
+    churn_horizon_days=30,
+    value_horizon_days=60,
+    propensity_horizon_days=14,
+    top_categories=2,
+)
 OBSERVED = pd.Timestamp("2024-09-01")
 CUSTOMER_IDS = ["a", "b", "c", "d"]
 
@@ -30,24 +36,29 @@ minutes = st.integers(min_value=0, max_value=60 * 24 * 90)  # offsets within ~3 
 def tx_rows(draw: st.DrawFn, start: pd.Timestamp, ids: list[str]) -> list[dict]:
     rows = []
     for _ in range(draw(st.integers(0, 12))):
-        rows.append(dict(
-            customer_id=draw(st.sampled_from(ids)),
-            timestamp=start + pd.Timedelta(minutes=draw(minutes)),
-            amount=float(draw(st.integers(1, 500))) / 4,
-            order_id=f"o{draw(st.integers(0, 15))}",
-            product_id=draw(st.sampled_from(["p1", "p2", "p3", None])),
-            category=draw(st.sampled_from(["x", "y", None])),
-            quantity=float(draw(st.integers(1, 3))),
-            status=draw(st.sampled_from(["purchase", "purchase", "purchase", "refund"])),
-        ))
+        rows.append(
+            dict(
+                customer_id=draw(st.sampled_from(ids)),
+                timestamp=start + pd.Timedelta(minutes=draw(minutes)),
+                amount=float(draw(st.integers(1, 500))) / 4,
+                order_id=f"o{draw(st.integers(0, 15))}",
+                product_id=draw(st.sampled_from(["p1", "p2", "p3", None])),
+                category=draw(st.sampled_from(["x", "y", None])),
+                quantity=float(draw(st.integers(1, 3))),
+                status=draw(st.sampled_from(["purchase", "purchase", "purchase", "refund"])),
+            )
+        )
     return rows
 
 
 @st.composite
 def ix_rows(draw: st.DrawFn, start: pd.Timestamp, ids: list[str]) -> list[dict]:
     return [
-        dict(customer_id=draw(st.sampled_from(ids)), timestamp=start + pd.Timedelta(minutes=draw(minutes)),
-             event_type=draw(st.sampled_from(EVENT_TYPES)))
+        dict(
+            customer_id=draw(st.sampled_from(ids)),
+            timestamp=start + pd.Timedelta(minutes=draw(minutes)),
+            event_type=draw(st.sampled_from(EVENT_TYPES)),
+        )
         for _ in range(draw(st.integers(0, 12)))
     ]
 
