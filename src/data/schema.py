@@ -15,11 +15,11 @@ TRANSACTIONS: Final[dict[str, str]] = {
     "customer_id": "string",
     "timestamp": "datetime64[us]",
     "amount": "float64",
-    "order_id": "string",      # filled as "<customer_id>@<timestamp>" when the input has none
+    "order_id": "string",  # filled as "<customer_id>@<timestamp>" when the input has none
     "product_id": "string",
     "category": "string",
-    "quantity": "float64",     # 1.0 when the input has none
-    "status": "string",        # 'purchase' or 'refund' (normalised)
+    "quantity": "float64",  # 1.0 when the input has none
+    "status": "string",  # 'purchase' or 'refund' (normalised)
     "channel": "string",
 }
 TRANSACTIONS_REQUIRED: Final = ("customer_id", "timestamp", "amount")
@@ -27,7 +27,7 @@ TRANSACTIONS_REQUIRED: Final = ("customer_id", "timestamp", "amount")
 INTERACTIONS: Final[dict[str, str]] = {
     "customer_id": "string",
     "timestamp": "datetime64[us]",
-    "event_type": "string",    # lower-case: view, click, add_to_cart, email_sent, email_open, ...
+    "event_type": "string",  # lower-case: view, click, add_to_cart, email_sent, email_open, ...
     "product_id": "string",
     "channel": "string",
 }

@@ -82,6 +82,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
 from custops.data import schema
 from custops.errors import ConfigError
 from custops.io import atomic_path, file_sha256, write_json, write_parquet
@@ -242,8 +243,7 @@ _PROCESS_IN_WORDS: Final = (
     "Order value ~ Gamma(p, nu), nu ~ Gamma(q, gamma) (Gamma-Gamma); 1-5 lines per order; products"
     " from a Dirichlet category preference, popularity within category and price fit; 30% of"
     " lines re-buy an earlier product.",
-    "About 3% of lines are refunded later as separate rows with status 'refund' and a positive"
-    " amount.",
+    "About 3% of lines are refunded later as separate rows with status 'refund' and a positive amount.",
     "Sessions (view/click/add_to_cart/login) at a rate tied to lambda; online orders are preceded"
     " by view + add_to_cart; weekly email campaigns to a rotating ~15% with engagement-dependent"
     " opens/clicks.",
@@ -288,10 +288,7 @@ def generate(config: SyntheticConfig, out_dir: Path) -> GenerateResult:
     tz_tables = _TzTables.build(people.country)
 
     with contextlib.ExitStack() as stack:
-        sinks = {
-            t: _Sink.open(stack, paths[t], _event_schema(t, fmt), fmt)
-            for t in ("transactions", "interactions")
-        }
+        sinks = {t: _Sink.open(stack, paths[t], _event_schema(t, fmt), fmt) for t in ("transactions", "interactions")}
         for k in range(n_chunks):
             idx = np.arange(k, config.n_customers, n_chunks)
             sim = _ChunkSimulator(chunk_rngs[k], idx, people, catalog, cal)
@@ -395,9 +392,7 @@ class _Calendar:
         for y in np.unique(year):
             nov1 = np.datetime64(f"{y}-11-01", "D").astype(np.int64)
             thanksgiving = nov1 + (3 - (nov1 + 3) % 7) % 7 + 21  # fourth Thursday
-            factor[(days >= thanksgiving + 1) & (days <= thanksgiving + 4)] *= (
-                _POP.black_friday_factor
-            )
+            factor[(days >= thanksgiving + 1) & (days <= thanksgiving + 4)] *= _POP.black_friday_factor
         factor = factor / factor[:horizon].mean()
         w_grid = np.concatenate([[0.0], np.cumsum(factor)])
         t_grid = np.arange(n_days + 1, dtype=np.float64)
@@ -492,9 +487,7 @@ class _Customers:
         u = rng.random(n)
         signup = np.sort(horizon * np.log1p(u * math.expm1(g)) / g)
         country = rng.choice(len(_POP.countries), n, p=np.array(_POP.country_share))
-        acquisition = rng.choice(
-            len(_POP.acquisition_channels), n, p=np.array(_POP.acquisition_share)
-        )
+        acquisition = rng.choice(len(_POP.acquisition_channels), n, p=np.array(_POP.acquisition_share))
         return cls(signup, country, acquisition)
 
     @property
@@ -578,9 +571,7 @@ class _ChunkSimulator:
         self.signup = people.signup[idx]  # raw time; outputs go through cal.diurnal
         self.signup_out = cal.diurnal(self.signup)
         acq = people.acquisition[idx]
-        self.lam = rng.gamma(_POP.lambda_r, 1.0 / _POP.lambda_alpha, m) * np.take(
-            _POP.acquisition_lambda_mult, acq
-        )
+        self.lam = rng.gamma(_POP.lambda_r, 1.0 / _POP.lambda_alpha, m) * np.take(_POP.acquisition_lambda_mult, acq)
         p = rng.beta(_POP.dropout_a, _POP.dropout_b, m)
         self.p = np.clip(p * np.take(_POP.acquisition_dropout_mult, acq), 1e-6, 0.99)
         nu = rng.gamma(_POP.spend_q, 1.0 / _POP.spend_gamma, m)
@@ -593,9 +584,7 @@ class _ChunkSimulator:
         self.pref_keys = _row_keys(self.pref)
         self.chan_keys = _row_keys(rng.dirichlet(np.array(_POP.order_channel_dirichlet), m))
         self.prospect = rng.random(m) < np.take(_POP.acquisition_prospect_share, acq)
-        self.open_affinity = np.clip(
-            rng.beta(*_POP.email_open_beta, m) * (self.lam / 0.02) ** 0.25, 0.0, 0.9
-        )
+        self.open_affinity = np.clip(rng.beta(*_POP.email_open_beta, m) * (self.lam / 0.02) ** 0.25, 0.0, 0.9)
         self.app_share = rng.beta(2.0, 3.0, m)
         self.decline = rng.uniform(*_POP.decline_days, m)
 
@@ -677,9 +666,9 @@ class _ChunkSimulator:
         n_earlier = line_start_of_order[lo] - cust_first_line[cust]
         repeat = (n_earlier > 0) & (rng.random(n) < _POP.repeat_buy)
         src = np.arange(n)
-        src[repeat] = cust_first_line[cust[repeat]] + (
-            rng.random(int(repeat.sum())) * n_earlier[repeat]
-        ).astype(np.int64)
+        src[repeat] = cust_first_line[cust[repeat]] + (rng.random(int(repeat.sum())) * n_earlier[repeat]).astype(
+            np.int64
+        )
         while True:  # pointer jumping: every repeat resolves to a fresh line
             nxt = src[src]
             if np.array_equal(nxt, src):
@@ -760,12 +749,8 @@ class _ChunkSimulator:
         owner = np.concatenate([ia, ib, ic])
         a = np.concatenate([s[ia], b_start[ib], c_start[ic]])
         b = np.concatenate([a_end[ia], b_end[ib], np.full(len(ic), T)])
-        ra = np.concatenate(
-            [np.full(len(ia), start_val), ramp(b_start[ib], ib), np.full(len(ic), after)]
-        )
-        rb = np.concatenate(
-            [np.full(len(ia), start_val), ramp(b_end[ib], ib), np.full(len(ic), after)]
-        )
+        ra = np.concatenate([np.full(len(ia), start_val), ramp(b_start[ib], ib), np.full(len(ic), after)])
+        rb = np.concatenate([np.full(len(ia), start_val), ramp(b_end[ib], ib), np.full(len(ic), after)])
         return owner, a, b, ra, rb
 
     def _session_rate(self) -> np.ndarray:
@@ -800,20 +785,14 @@ class _ChunkSimulator:
             + _POP.login_per_session_app * self.app_share.mean()
             + _POP.login_per_session_web * (1.0 - self.app_share.mean())
         )
-        owner, a, b, ra, rb = self._segments(
-            1.0, _POP.engagement_at_dropout, _POP.engagement_after_dropout
-        )
+        owner, a, b, ra, rb = self._segments(1.0, _POP.engagement_at_dropout, _POP.engagement_after_dropout)
         sessions = float(np.sum(self._session_rate()[owner] * (ra + rb) / 2 * (b - a)))
-        owner, a, b, ra, rb = self._segments(
-            1.0, _POP.tickets_at_dropout, _POP.tickets_after_dropout
-        )
+        owner, a, b, ra, rb = self._segments(1.0, _POP.tickets_at_dropout, _POP.tickets_after_dropout)
         tickets = float(np.sum(self._ticket_rate()[owner] * (ra + rb) / 2 * (b - a)))
         e_owner, e_t = self._email_pairs()
         engaged = self._engagement(e_owner, e_t)
         p_open = self.open_affinity[e_owner] * engaged
-        emails = _POP.email_send * float(
-            np.sum(1.0 + p_open * (1.0 + _POP.email_click_per_open * engaged))
-        )
+        emails = _POP.email_send * float(np.sum(1.0 + p_open * (1.0 + _POP.email_click_per_open * engaged)))
         linked = 2.0 * _POP.order_linked_browse * len(self.line_cust)
         base = sessions * per_session + tickets + emails + linked
         base += _POP.refund_ticket * len(self.ref_cust)
@@ -841,12 +820,8 @@ class _ChunkSimulator:
         parts: list[Cols] = []
 
         # browsing sessions
-        owner, a, b, ra, rb = self._segments(
-            1.0, _POP.engagement_at_dropout, _POP.engagement_after_dropout
-        )
-        s_cust, s_t = _sample_linear_poisson(
-            rng, owner, a, b, ra, rb, scale * self._session_rate()[owner]
-        )
+        owner, a, b, ra, rb = self._segments(1.0, _POP.engagement_at_dropout, _POP.engagement_after_dropout)
+        s_cust, s_t = _sample_linear_poisson(rng, owner, a, b, ra, rb, scale * self._session_rate()[owner])
         s_t = cal.diurnal(s_t)
         app = rng.random(len(s_cust)) < self.app_share[s_cust]
         s_chan = np.where(app, 1, 0).astype(np.int8)
@@ -878,12 +853,8 @@ class _ChunkSimulator:
         parts.append(self._rows(lc, cart_t, "add_to_cart", lp, lch))
 
         # support tickets: base rate, rising before dropout; half of refunds come with one
-        owner, a, b, ra, rb = self._segments(
-            1.0, _POP.tickets_at_dropout, _POP.tickets_after_dropout
-        )
-        t_cust, t_t = _sample_linear_poisson(
-            rng, owner, a, b, ra, rb, scale * self._ticket_rate()[owner]
-        )
+        owner, a, b, ra, rb = self._segments(1.0, _POP.tickets_at_dropout, _POP.tickets_after_dropout)
+        t_cust, t_t = _sample_linear_poisson(rng, owner, a, b, ra, rb, scale * self._ticket_rate()[owner])
         with_ticket = rng.random(len(self.ref_cust)) < min(1.0, _POP.refund_ticket * scale)
         rc, rt, rot = (
             self.ref_cust[with_ticket],
@@ -935,9 +906,7 @@ class _ChunkSimulator:
         i = self.idx
         truth.lam[i], truth.p[i], truth.mov[i] = self.lam, self.p, self.mov
         dropped = self.t_drop < self.cal.horizon
-        truth.dropout[i] = np.where(
-            dropped, self.cal.diurnal(np.where(dropped, self.t_drop, 0.0)), np.nan
-        )
+        truth.dropout[i] = np.where(dropped, self.cal.diurnal(np.where(dropped, self.t_drop, 0.0)), np.nan)
         truth.prospect[i] = self.prospect
         truth.n_purchases[i] = self.n_purch
         truth.first_purchase[i] = self.cal.diurnal(self.t_first)
@@ -1180,16 +1149,12 @@ def _render_events(
         ts = _iso_strings(ts_us, offset)
         bad_ts = kind == "unparsable_timestamp"
         if bad_ts.any():
-            ts = pc.replace_with_mask(
-                ts, pa.array(bad_ts), pa.array(np.array(_BAD_TIMESTAMPS)[bad[bad_ts]])
-            )
+            ts = pc.replace_with_mask(ts, pa.array(bad_ts), pa.array(np.array(_BAD_TIMESTAMPS)[bad[bad_ts]]))
     else:
         ts = pa.array(ts_us, type=pa.timestamp("us"))
     product = cols["product"]
     has_product = product >= 0
-    product_ids = _product_ids(len(catalog.price)).take(
-        pa.array(np.where(has_product, product, 0), mask=~has_product)
-    )
+    product_ids = _product_ids(len(catalog.price)).take(pa.array(np.where(has_product, product, 0), mask=~has_product))
     data: dict[str, Any] = {"customer_id": _customer_id_column(people, cols), "timestamp": ts}
     if table == "transactions":
         amount_f = cols["amount"]
@@ -1197,9 +1162,7 @@ def _render_events(
             amount: pa.Array = pa.array(amount_f).cast(pa.string())
             bad_amt = kind == "non_numeric_amount"
             if bad_amt.any():
-                amount = pc.replace_with_mask(
-                    amount, pa.array(bad_amt), pa.array(np.array(_BAD_AMOUNTS)[bad[bad_amt]])
-                )
+                amount = pc.replace_with_mask(amount, pa.array(bad_amt), pa.array(np.array(_BAD_AMOUNTS)[bad[bad_amt]]))
         else:
             amount = pa.array(amount_f, from_pandas=True)  # NaN -> null
         width = 9
@@ -1208,9 +1171,7 @@ def _render_events(
             pc.utf8_lpad(pa.array(cols["order"]).cast(pa.string()), width=width, padding="0"),
             "",
         )
-        category = pa.array(catalog.category_names).take(
-            pa.array(catalog.product_category[product])
-        )
+        category = pa.array(catalog.category_names).take(pa.array(catalog.product_category[product]))
         data |= {
             "order_id": order_ids,
             "product_id": product_ids,
@@ -1231,9 +1192,7 @@ def _render_events(
 
 
 def _product_ids(n: int) -> pa.Array:
-    digits = pc.utf8_lpad(
-        pa.array(np.arange(1, n + 1)).cast(pa.string()), width=max(5, len(str(n))), padding="0"
-    )
+    digits = pc.utf8_lpad(pa.array(np.arange(1, n + 1)).cast(pa.string()), width=max(5, len(str(n))), padding="0")
     return pc.binary_join_element_wise("P", digits, "")
 
 
@@ -1251,9 +1210,7 @@ def _render_customers(people: _Customers, cal: _Calendar, fmt: str, tz: _TzTable
             "customer_id": people.ids(),
             "signup_at": signup,
             "country": pa.array(_POP.countries).take(pa.array(people.country)),
-            "acquisition_channel": pa.array(_POP.acquisition_channels).take(
-                pa.array(people.acquisition)
-            ),
+            "acquisition_channel": pa.array(_POP.acquisition_channels).take(pa.array(people.acquisition)),
         }
     )
 
@@ -1275,9 +1232,7 @@ class _Sink:
         self._writer = writer
 
     @classmethod
-    def open(
-        cls, stack: contextlib.ExitStack, path: Path, arrow_schema: pa.Schema, fmt: str
-    ) -> _Sink:
+    def open(cls, stack: contextlib.ExitStack, path: Path, arrow_schema: pa.Schema, fmt: str) -> _Sink:
         tmp = stack.enter_context(atomic_path(path))
         if fmt == "csv":
             writer: pacsv.CSVWriter | pq.ParquetWriter = pacsv.CSVWriter(str(tmp), arrow_schema)
@@ -1333,20 +1288,12 @@ def _metadata(
             "events_per_customer": events / config.n_customers,
             "share_prospects": float(truth.prospect.mean()),
             "share_buyers": float(buyers.mean()),
-            "share_alive_at_end_among_buyers": float(np.isnan(truth.dropout[buyers]).mean())
-            if buyers.any()
-            else None,
-            "mean_purchases_per_buyer": float(truth.n_purchases[buyers].mean())
-            if buyers.any()
-            else None,
+            "share_alive_at_end_among_buyers": float(np.isnan(truth.dropout[buyers]).mean()) if buyers.any() else None,
+            "mean_purchases_per_buyer": float(truth.n_purchases[buyers].mean()) if buyers.any() else None,
             "median_lambda": float(np.median(truth.lam)),
             "mean_order_value_mean": float(truth.mov.mean()),
         },
         "row_counts": rows,
         "dirty_counts": dirty,
-        "files": {
-            name: {"file": p.name, "sha256": file_sha256(p)}
-            for name, p in paths.items()
-            if name != "metadata"
-        },
+        "files": {name: {"file": p.name, "sha256": file_sha256(p)} for name, p in paths.items() if name != "metadata"},
     }

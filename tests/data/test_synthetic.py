@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from custops.data import schema, synthetic
 from custops.data.synthetic import GenerateResult, SyntheticConfig, generate
 from custops.errors import ConfigError
@@ -104,9 +105,7 @@ def data(request: pytest.FixtureRequest) -> GenerateResult:
 
 
 @pytest.mark.parametrize("file_format", ["csv", "parquet"])
-def test_same_config_gives_identical_files_and_other_seed_differs(
-    tmp_path: Path, file_format: str
-) -> None:
+def test_same_config_gives_identical_files_and_other_seed_differs(tmp_path: Path, file_format: str) -> None:
     config = SyntheticConfig(n_customers=300, seed=3, file_format=file_format)
     first = generate(config, tmp_path / "a")
     second = generate(config, tmp_path / "b")
@@ -266,12 +265,8 @@ def test_support_tickets_rise_and_sessions_fall_before_dropout(csv_data: Generat
     tickets = ix[ix["event_type"] == "support_ticket"]
     before = tickets["dropout_at"] - tickets["timestamp"]
     in_window = (before > pd.Timedelta(0)) & (before <= 60 * DAY)
-    churn_rate = (in_window & tickets["customer_id"].isin(churners.index)).sum() / (
-        len(churners) * 60
-    )
-    stay_window = tickets["customer_id"].isin(stayers.index) & (
-        tickets["timestamp"] >= END - 60 * DAY
-    )
+    churn_rate = (in_window & tickets["customer_id"].isin(churners.index)).sum() / (len(churners) * 60)
+    stay_window = tickets["customer_id"].isin(stayers.index) & (tickets["timestamp"] >= END - 60 * DAY)
     stay_rate = stay_window.sum() / (len(stayers) * 60)
     assert churn_rate > 2.0 * stay_rate
 
@@ -299,20 +294,14 @@ def test_orders_per_active_buyer_peak_in_november_december(csv_data: GenerateRes
     assert peak > 1.3 * rate("2025-06-01", "2025-08-01")
 
 
-def test_events_per_customer_target_scales_interactions(
-    tmp_path: Path, csv_data: GenerateResult
-) -> None:
-    config = SyntheticConfig(
-        n_customers=2000, seed=11, file_format="parquet", events_per_customer_target=20
-    )
+def test_events_per_customer_target_scales_interactions(tmp_path: Path, csv_data: GenerateResult) -> None:
+    config = SyntheticConfig(n_customers=2000, seed=11, file_format="parquet", events_per_customer_target=20)
     result = generate(config, tmp_path)
     assert events_per_customer(result) == pytest.approx(20, rel=0.3)
     assert events_per_customer(csv_data) > 30  # the knob changed the natural volume
 
 
-def test_chunked_generation_keeps_ids_and_truth_consistent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_chunked_generation_keeps_ids_and_truth_consistent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(synthetic, "_CHUNK_CUSTOMERS", 250)
     config = SyntheticConfig(
         n_customers=1000,
