@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from custops.errors import ConfigError, CustopsError, DataContractError, StoreError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from custops.errors import ConfigError, CustopsError, DataContractError, StoreError
 
 app = typer.Typer(
     name="custops",

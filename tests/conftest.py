@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from custops.data import schema
 from custops.settings import FeatureSettings, Settings
 

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from custops.cli import app
 from typer.testing import CliRunner
+
+from custops.cli import app
 
 runner = CliRunner()
 

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import custops
 import ibis
 import pandas as pd
+
+import custops
 from custops.errors import ConfigError, StoreError
 from custops.features.definitions import FeatureRegistry, build_registry, feature_services
 from custops.features.engine import build_expression, default_cutoffs, normalize_cutoffs, top_categories

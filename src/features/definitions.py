@@ -24,6 +24,7 @@ from typing import Literal
 
 import ibis
 import ibis.expr.types as ir
+
 from custops.data.schema import EVENT_TYPES
 from custops.settings import FeatureSettings
 

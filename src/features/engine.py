@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
+
 from custops.errors import ConfigError
 from custops.features.definitions import FeatureRegistry, FeatureView, days_between
 

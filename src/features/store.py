@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
+
 from custops.errors import StoreError
 from custops.io import atomic_dir, atomic_path, read_json, write_json
 

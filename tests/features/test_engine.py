@@ -8,11 +8,11 @@ from pathlib import Path
 import ibis
 import pandas as pd
 import pytest
+
 from custops.errors import ConfigError
 from custops.features.definitions import build_registry
 from custops.features.engine import build_expression, default_cutoffs, normalize_cutoffs, top_categories
 from custops.settings import FeatureSettings
-
 from tests.conftest import CUTOFFS, OBSERVED_UNTIL
 
 

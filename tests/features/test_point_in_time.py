@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from custops.data.schema import EVENT_TYPES
-from custops.features.definitions import build_registry
-from custops.settings import FeatureSettings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from custops.data.schema import EVENT_TYPES
+from custops.features.definitions import build_registry
+from custops.settings import FeatureSettings
 from tests.conftest import write_validated
 from tests.features.test_engine import compute
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from custops.errors import StoreError
 from custops.features.builder import build_snapshot
 from custops.features.store import OfflineStore, OnlineStore
 from custops.io import file_sha256
 from custops.settings import FeatureSettings
-
 from tests.conftest import CUTOFFS
 
 
