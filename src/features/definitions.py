@@ -187,6 +187,13 @@ def _transactions_lifetime() -> FeatureView:
             ),
             Feature(name="max_order_value", description="Largest single order value.", expr=lambda t: t.revenue.max()),
             Feature(
+                name="revenue_first_day",
+                description="Revenue on the first purchase day (helper for BTYD monetary value).",
+                expr=lambda t: t.revenue.sum(where=t.first_day == 1),
+                fill=0.0,
+                model_input=False,
+            ),
+            Feature(
                 name="first_purchase_at",
                 description="Timestamp of the first purchase.",
                 expr=lambda t: t.timestamp.min(),
@@ -407,6 +414,21 @@ def _rfm_derived(fs: FeatureSettings) -> FeatureView:
             description="Repeat purchase days (BTYD frequency = purchase days - 1).",
             expr=lambda t: ibis.greatest(t.n_purchase_days - 1, 0).cast("int64"),
             dtype="int64",
+        ),
+        Feature(
+            name="btyd_recency_days",
+            description="BTYD recency t_x: days from the first to the last purchase day.",
+            expr=lambda t: t.last_purchase_at.date().delta(t.first_purchase_at.date(), unit="day").cast("float64"),
+        ),
+        Feature(
+            name="btyd_age_days",
+            description="BTYD age T: days from the first purchase day to the cutoff.",
+            expr=lambda t: t.cutoff.date().delta(t.first_purchase_at.date(), unit="day").cast("float64"),
+        ),
+        Feature(
+            name="btyd_monetary",
+            description="BTYD monetary value: mean revenue of repeat purchase days (first day excluded).",
+            expr=lambda t: ratio(t.revenue_total - t.revenue_first_day, _gaps(t)),
         ),
         Feature(
             name="avg_order_value", description="Revenue per order.", expr=lambda t: ratio(t.revenue_total, t.n_orders)

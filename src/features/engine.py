@@ -36,7 +36,7 @@ KEY = ("customer_id", "cutoff")
 
 
 def order_events(tx: ir.Table) -> ir.Table:
-    """Purchases per (customer, order, timestamp) with order-start, new-day and day-gap flags."""
+    """Purchases per (customer, order, timestamp) with order-start, new-day, first-day and day-gap columns."""
     purchases = tx.filter(tx.status == "purchase")
     ev = purchases.group_by(["customer_id", "order_id", "timestamp"]).aggregate(
         revenue=purchases.amount.sum(),
@@ -51,8 +51,10 @@ def order_events(tx: ir.Table) -> ir.Table:
     )
     day, prev_day = ev.timestamp.truncate("D"), ev.prev_ts.truncate("D")
     new_day = ev.prev_ts.isnull() | (day != prev_day)
+    first_day = ev.timestamp.min().over(ibis.window(group_by=ev.customer_id)).truncate("D")
     return ev.mutate(
         new_day=new_day.cast("int64"),
+        first_day=(day == first_day).cast("int64"),
         gap_days=ibis.ifelse(new_day & ev.prev_ts.notnull(), days_between(day, prev_day), ibis.null("float64")),
     ).drop("prev_ts")
 
