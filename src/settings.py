@@ -20,7 +20,7 @@ class FeatureSettings(BaseModel):
 
     windows_days: tuple[int, ...] = Field((30, 90, 180, 365), description="Look-back windows for windowed features.")
     engagement_windows_days: tuple[int, ...] = Field((30, 90), description="Look-back windows for interaction counts.")
-    n_cutoffs: int = Field(24, ge=1, description="How many cutoffs `features build` makes by default.")
+    n_cutoffs: int = Field(36, ge=1, description="How many cutoffs `features build` makes by default.")
     cutoff_every_months: int = Field(1, ge=1, description="Spacing of the default cutoff series, in months.")
     churn_horizon_days: int = Field(90, ge=1, description="Churn label: no purchase in [t, t+H).")
     value_horizon_days: int = Field(365, ge=1, description="Future-value label: net spend in [t, t+H).")
@@ -40,6 +40,34 @@ class FeatureSettings(BaseModel):
         return tuple(sorted(set(v)))
 
 
+class ModelSettings(BaseModel):
+    """How models are trained, gated and tracked."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default: SQLite under home (MLFLOW_TRACKING_URI is honoured too).",
+    )
+    experiment: str = Field("custops", description="MLflow experiment name.")
+    registry_prefix: str = Field("custops", description="Registered models are named <prefix>-<task>.")
+    n_estimators: int = Field(400, ge=10, description="Maximum boosting rounds (early stopping may use fewer).")
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    min_child_samples: int = Field(50, ge=1)
+    risk_bands: tuple[float, float] = Field(
+        (0.3, 0.6), description="Churn probability thresholds: < low is 'low', >= high is 'high', else 'medium'."
+    )
+    gate_tolerance: float = Field(
+        0.005, ge=0, description="A challenger may be at most this much worse than the champion on the primary metric."
+    )
+    num_threads: int = Field(
+        1,
+        ge=1,
+        description="LightGBM threads. OpenMP spin-waiting makes >1 slower on a busy 2-core machine; "
+        "raise it on a dedicated one.",
+    )
+    max_train_rows: int | None = Field(None, ge=1000, description="Sample training rows down to this many (speed).")
+
+
 class Settings(BaseSettings):
     """custops settings. Paths default under a project-local `.custops/` directory."""
 
@@ -56,6 +84,7 @@ class Settings(BaseSettings):
         None, description="'Now' for validation (future-timestamp check); default: the current UTC time."
     )
     features: FeatureSettings = Field(default_factory=FeatureSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -88,6 +117,27 @@ class Settings(BaseSettings):
     @property
     def online_store_path(self) -> Path:
         return self.home / "store" / "online.sqlite"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.home / "registry" / "audit.jsonl"
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.home / "scores"
+
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: settings, else MLFLOW_TRACKING_URI, else SQLite under home."""
+        import os
+
+        uri = self.models.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            return uri
+        return f"sqlite:///{(self.mlflow_dir / 'mlflow.db').resolve()}"
 
     def now(self) -> dt.datetime:
         """The reference 'now' (naive UTC)."""

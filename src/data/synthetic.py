@@ -112,7 +112,7 @@ class SyntheticConfig:
     """What to generate: size, period, seed, dirtiness and file format."""
 
     n_customers: int = 5000
-    start: date = date(2023, 1, 1)
+    start: date = date(2022, 1, 1)
     end: date = date(2025, 12, 31)
     seed: int = 42
     n_products: int = 300

@@ -1,0 +1,302 @@
+"""Training pipelines: feature snapshot in, evaluated, tracked and registered model out.
+
+Plain functions, callable from the CLI, notebooks or a scheduler. Each run logs parameters,
+metrics (model and baselines on the same validation rows), lineage (the feature snapshot's
+manifest), plots and the model with its signature to MLflow, registers the model as
+`challenger`, and promotes it to `champion` only through the quality gate.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+
+from custops.features.store import OfflineStore, Snapshot
+from custops.models import metrics as M
+from custops.models import plots
+from custops.models.baselines import BASELINE_COLUMNS, baseline_scores
+from custops.models.boosted import ChurnModel, HurdleCLVModel, PropensityModel
+from custops.models.datasets import TASKS, TaskSpec, load_task_frame, task_specs, time_split
+from custops.models.registry import CHAMPION, GateDecision, GateError, Registry, quality_gate
+from custops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PRIMARY_METRIC = {"churn": "roc_auc", "propensity": "roc_auc", "clv": "gini"}
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced and decided."""
+
+    task: str
+    snapshot_id: str
+    run_id: str
+    version: str
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    grade: str
+    gate: GateDecision
+    promoted: bool
+    split: dict[str, Any]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        return PRIMARY_METRIC[self.task]
+
+
+def make_model(task: str, settings: Settings, features: Sequence[str]) -> Any:
+    """A fresh, unfitted model for the task with the settings' hyper-parameters."""
+    m = settings.models
+    common = dict(
+        features=list(features),
+        n_estimators=m.n_estimators,
+        learning_rate=m.learning_rate,
+        num_leaves=m.num_leaves,
+        min_child_samples=m.min_child_samples,
+        random_state=settings.seed,
+        n_jobs=m.num_threads,
+    )
+    if task == "churn":
+        return ChurnModel(risk_bands=m.risk_bands, **common)
+    if task == "propensity":
+        return PropensityModel(**common)
+    if task == "clv":
+        return HurdleCLVModel(**common)
+    raise ValueError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+
+
+def predict_scores(task: str, model: Any, X: pd.DataFrame) -> np.ndarray:
+    """The score a task is evaluated on: probability for classifiers, value for CLV."""
+    return model.predict(X) if task == "clv" else model.predict_proba(X)[:, 1]
+
+
+def evaluate_scores(task: str, y: np.ndarray, score: np.ndarray, *, probabilities: bool = True) -> dict[str, float]:
+    return M.value_metrics(y, score) if task == "clv" else M.binary_metrics(y, score, probabilities=probabilities)
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    """Object strings with None for missing values (what MLflow signatures and JSON handle cleanly)."""
+    out = df.copy()
+    for c in out.columns:
+        if isinstance(out[c].dtype, pd.StringDtype) or out[c].dtype == object:
+            out[c] = out[c].astype(object).where(out[c].notna(), None)
+    return out
+
+
+def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    return df if n is None or len(df) <= n else df.sample(n=n, random_state=seed).sort_index()
+
+
+def train_task(settings: Settings, task: str, *, snapshot_id: str | None = None, promote: bool = True) -> TrainResult:
+    """Train, evaluate against baselines, log to MLflow, register as challenger, gate, promote."""
+    snap = OfflineStore(settings.offline_store_dir).get(snapshot_id)
+    spec = task_specs(settings.features)[task]
+    feats = snap.manifest["feature_services"][f"{task}_v1"]
+    df = load_task_frame(snap, spec, extra=BASELINE_COLUMNS)
+    split = time_split(df, spec)
+    train = _sample(split.train, settings.models.max_train_rows, settings.seed)
+    valid = split.valid
+    model = make_model(task, settings, feats).fit(train[feats], train[spec.label], cutoff=train["cutoff"])
+
+    y = valid[spec.label].to_numpy(dtype=float)
+    score = predict_scores(task, model, valid[feats])
+    metrics = evaluate_scores(task, y, score)
+    base_scores = baseline_scores(task, train, valid, spec)
+    baselines = {name: evaluate_scores(task, y, s, probabilities=False) for name, s in base_scores.items()}
+    primary = PRIMARY_METRIC[task]
+    best_base = max(b[primary] for b in baselines.values())
+    grade = M.grade(metrics[primary], best_base)
+
+    registry = Registry(settings)
+    champion_metric = None
+    champion_version = registry.alias_version(task, CHAMPION)
+    if champion_version is not None:
+        champ = registry.load(task, CHAMPION)
+        champion_metric = evaluate_scores(task, y, predict_scores(task, champ, valid[feats]))[primary]
+    decision = quality_gate(
+        primary_metric=primary,
+        challenger=metrics[primary],
+        baselines={k: v[primary] for k, v in baselines.items()},
+        champion=champion_metric,
+        tolerance=settings.models.gate_tolerance,
+    )
+
+    tables = _tables(task, model, valid, y, score, spec)
+    run_id, model_uri = _log_run(
+        settings,
+        registry,
+        snap,
+        spec,
+        task,
+        model,
+        train,
+        valid,
+        feats,
+        metrics,
+        baselines,
+        grade,
+        decision,
+        split.describe(),
+        base_scores,
+        y,
+        score,
+        tables,
+        champion_metric,
+    )
+    version = registry.register(task, model_uri, run_id, metrics)
+    promoted = False
+    if promote:
+        try:
+            registry.promote(task, version, decision)
+            promoted = True
+        except GateError as e:
+            log.warning("%s", e)
+    return TrainResult(
+        task, snap.snapshot_id, run_id, version, metrics, baselines, grade, decision, promoted, split.describe(), tables
+    )
+
+
+def _tables(task: str, model: Any, valid: pd.DataFrame, y: np.ndarray, score: np.ndarray, spec: TaskSpec) -> dict:
+    if task == "churn":
+        value = valid["revenue_365d"].fillna(0).to_numpy()
+        return {"targeting": M.targeting_table(y, score, value), "reliability": M.reliability(y, score)}
+    if task == "clv":
+        return {"deciles": M.decile_table(y, score)}
+    return {"reliability": M.reliability(y, score)}
+
+
+def _log_run(
+    settings: Settings,
+    registry: Registry,
+    snap: Snapshot,
+    spec: TaskSpec,
+    task: str,
+    model: Any,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    feats: list[str],
+    metrics: dict[str, float],
+    baselines: dict[str, dict[str, float]],
+    grade: str,
+    decision: GateDecision,
+    split: dict[str, Any],
+    base_scores: dict[str, np.ndarray],
+    y: np.ndarray,
+    score: np.ndarray,
+    tables: dict[str, pd.DataFrame],
+    champion_metric: float | None,
+) -> tuple[str, str]:
+    exp = registry.experiment_id()
+    with mlflow.start_run(experiment_id=exp, run_name=f"{task}-{snap.snapshot_id}") as run:
+        mlflow.set_tags(
+            {
+                "task": task,
+                "snapshot_id": snap.snapshot_id,
+                "snapshot_fingerprint": snap.manifest.get("fingerprint", ""),
+                "git_commit": snap.manifest.get("git_commit") or "",
+                "grade": grade,
+                "gate": "passed" if decision.passed else "failed",
+            }
+        )
+        params = {k: v for k, v in model.get_params().items() if k != "features"}
+        mlflow.log_params(
+            {
+                **params,
+                "task": task,
+                "label": spec.label,
+                "horizon_days": spec.horizon_days,
+                "population": spec.population,
+                "snapshot_id": snap.snapshot_id,
+                "n_features": len(feats),
+                "valid_cutoff": split["valid_cutoff"],
+                "n_train_cutoffs": len(split["train_cutoffs"]),
+                "train_rows": len(train),
+                "valid_rows": len(valid),
+            }
+        )
+        mlflow.log_metrics({f"valid_{k}": v for k, v in metrics.items() if np.isfinite(v)})
+        for name, bm in baselines.items():
+            mlflow.log_metrics({f"baseline_{name}_{k}": v for k, v in bm.items() if np.isfinite(v)})
+        if champion_metric is not None:
+            mlflow.log_metric(f"champion_{PRIMARY_METRIC[task]}", champion_metric)
+        mlflow.log_dict(
+            {
+                "snapshot_id": snap.snapshot_id,
+                "fingerprint": snap.manifest.get("fingerprint"),
+                "sources": snap.manifest.get("sources"),
+                "cutoffs": snap.manifest.get("cutoffs"),
+                "split": split,
+                "features": feats,
+            },
+            "lineage.json",
+        )
+        mlflow.log_dict({"passed": decision.passed, "reason": decision.reason, "checks": decision.checks}, "gate.json")
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d)
+            booster = model.booster_ if hasattr(model, "booster_") else model.spend_booster_
+            plots.feature_importance(
+                model.encoder_.columns, booster.feature_importance("gain"), out / "feature_importance.png"
+            )
+            if task in ("churn", "propensity"):
+                plots.calibration(tables["reliability"], out / "calibration_curve.png")
+                plots.gain_chart(y, {"model": score, **base_scores}, out / "lift_gain_chart.png")
+            else:
+                plots.decile_chart(tables["deciles"], out / "clv_decile_chart.png")
+                plots.gain_chart(y, {"model": score, **base_scores}, out / "value_gain_chart.png")
+            for name, t in tables.items():
+                t.to_csv(out / f"{name}.csv", index=task == "clv")
+            mlflow.log_artifacts(str(out), artifact_path="evaluation")
+        example = _plain(valid[feats].head(5))
+        output = predict_scores(task, model, valid[feats].head(5))
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, output),
+            input_example=example,
+            pyfunc_predict_fn="predict" if task == "clv" else "predict_proba",
+            # skops (MLflow's default) only loads allow-listed types; our estimators hold a LightGBM
+            # Booster and an encoder, so use cloudpickle (the registry is trusted, local by default).
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+        )
+        return run.info.run_id, info.model_uri
+
+
+def train_all(
+    settings: Settings, tasks: Sequence[str] = TASKS, *, snapshot_id: str | None = None, promote: bool = True
+) -> list[TrainResult]:
+    """Train every task on the same snapshot."""
+    snap_id = snapshot_id or OfflineStore(settings.offline_store_dir).latest_id()
+    return [train_task(settings, t, snapshot_id=snap_id, promote=promote) for t in tasks]
+
+
+def promote(settings: Settings, task: str, version: str | None = None, *, force: bool = False) -> str:
+    """Promote a version (default: the challenger) through the gate recorded at its training."""
+    reg = Registry(settings)
+    version = version or reg.alias_version(task, "challenger")
+    if version is None:
+        raise GateError(f"{reg.name(task)} has no challenger: run `custops train {task}` first")
+    info = reg.version_info(task, version)
+    gate = mlflow.artifacts.load_dict(f"runs:/{info['run_id']}/gate.json")
+    decision = GateDecision(
+        gate["passed"],
+        PRIMARY_METRIC[task],
+        info["metrics"].get(f"valid_{PRIMARY_METRIC[task]}", float("nan")),
+        gate["checks"],
+    )
+    reg.promote(task, version, decision, force=force)
+    return version
+
+
+def rollback(settings: Settings, task: str) -> str:
+    return Registry(settings).rollback(task)
