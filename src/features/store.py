@@ -44,9 +44,11 @@ class Snapshot:
     def read(self, columns: Sequence[str] | None = None, cutoffs: Sequence[Any] | None = None) -> pd.DataFrame:
         """Load the snapshot (optionally some columns / cutoffs) into pandas."""
         filters = [("cutoff", "in", [pd.Timestamp(c).to_datetime64() for c in cutoffs])] if cutoffs else None
-        return pq.read_table(
-            self.features_path, columns=list(columns) if columns else None, filters=filters
-        ).to_pandas()
+        table = pq.read_table(self.features_path, columns=list(columns) if columns else None, filters=filters)
+        keys = [k for k in ("cutoff", "customer_id") if k in table.column_names]
+        if keys:  # the file is unordered (see builder); give readers a stable order
+            table = table.sort_by([(k, "ascending") for k in keys])
+        return table.to_pandas()
 
     def describe(self, cutoff: Any | None = None) -> pd.DataFrame:
         """Per-feature description and statistics at one cutoff (default: the latest)."""

@@ -4,16 +4,19 @@ Model (why item-item and not ALS): customers x items is a sparse matrix of weigh
 (purchase > add_to_cart > click > view, optionally time-decayed, log-damped). Each item keeps its
 top-N cosine neighbours (computed in blocks of items, so memory stays bounded at 1M x 10k) as two
 small arrays, and a customer's score for item j is sum_h w(customer, h) * sim(h, j) over the items
-h in their history. We chose this over `implicit`'s ALS because on the synthetic demo data (time
-split, 20k customers) it was clearly more accurate (precision@10 0.075 vs 0.061 for 32-factor ALS;
-implicit's own item-item BM25 scored the same as ours), it explains itself (the neighbour that
-contributes most gives "bought together with X"), it needs no extra compiled dependency, and a
-request is a gather plus a `bincount` over about 50 x |history| numbers (tens of microseconds).
+h in their history, with the customer's weights scaled to unit length so light and heavy
+customers score on one scale. With `exclude_purchased=False`, `repeat_weight` * log(1 + net
+purchases of j) is added: the "buy again" part. We chose this over `implicit`'s ALS because on the
+synthetic demo data (time split, 20k customers) it was clearly more accurate (precision@10 on new
+items 0.075 vs 0.061 for 32-factor ALS; implicit's own item-item BM25 scored the same as ours), it
+explains itself (the neighbour that contributes most gives "bought together with X"), it needs no
+extra compiled dependency, and a request is a gather plus a `bincount` over about 50 x |history|
+numbers (about 0.1 ms).
 
 Reasons: every `Recommendation` carries a human-readable `reason` and a stable `reason_code`:
-`similar_items` (anchored on a product of the customer's history), `buy_again` (only when
-`exclude_purchased=False`: in grocery-like data most of a next basket was bought before, so
-repeat purchases are first-class, scored by the customer's own net purchase count),
+`similar_items` (anchored on the product of the customer's history that contributes most),
+`buy_again` (only when `exclude_purchased=False`: any product the customer bought before; in
+grocery-like data most of a next basket was bought before, so repeat purchases are first-class),
 `segment_popular` and `popular` (the fallback: for cold-start customers, and to fill a list the
 collaborative scores cannot fill after filters).
 
@@ -169,12 +172,13 @@ def _collect_events(
     interaction_kinds = tuple(e for e in event_weights if e not in (_PURCHASE, _REFUND))
     kind_names = (_PURCHASE, _REFUND, *interaction_kinds)
     tx = transactions
-    if "status" in tx.columns:
+    if "status" in tx.columns:  # other statuses than purchase and refund (none in the validated layer) are ignored
         status_codes, statuses = pd.factorize(tx["status"])
-        is_refund = np.array([str(x).lower() == _REFUND for x in statuses] + [False])[status_codes]
+        by_status = {_PURCHASE: _KIND_PURCHASE, _REFUND: _KIND_REFUND}
+        tx_kind = np.array([by_status.get(str(x).lower(), -1) for x in statuses] + [-1], np.int8)[status_codes]
     else:
-        is_refund = np.zeros(len(tx), bool)
-    parts = [(tx, np.where(is_refund, _KIND_REFUND, _KIND_PURCHASE).astype(np.int8))]
+        tx_kind = np.full(len(tx), _KIND_PURCHASE, np.int8)
+    parts = [(tx, tx_kind)]
     if interactions is not None and len(interactions):
         _require(interactions, "interactions", ("customer_id", "timestamp", "event_type", "product_id"))
         event_codes, events = pd.factorize(interactions["event_type"])
@@ -487,7 +491,8 @@ class PopularityRecommender(_BaseRecommender):
             in_seg = seg_of_pair == s
             buyers = np.bincount(history.items[in_seg], buyer_weight[in_seg], minlength=n_items)
             n_seg = int(np.count_nonzero(np.diff(history.indptr)[seg_of_row == s]))
-            scores[s] = (buyers + self.segment_prior * share_global) / (n_seg + self.segment_prior or 1.0)
+            denominator = n_seg + self.segment_prior
+            scores[s] = (buyers + self.segment_prior * share_global) / denominator if denominator else share_global
         self.as_of_ = ev.as_of
         self.catalogue_ = ev.catalogue
         self.customer_index_ = {c: i for i, c in enumerate(ev.customer_ids)}
@@ -601,7 +606,7 @@ class Recommender(_BaseRecommender):
         event_weights: Mapping[str, float] | None = None,
         half_life_days: float | None = None,
         exclude_window_days: float | None = None,
-        repeat_weight: float = 2.0,
+        repeat_weight: float = 1.0,
         segment_prior: float = 20.0,
     ) -> None:
         self.n_neighbors = n_neighbors
@@ -638,7 +643,7 @@ class Recommender(_BaseRecommender):
         signal.data = np.log1p(np.clip(signal.data, 0.0, None)).astype(np.float32)
         signal.eliminate_zeros()
         self.neighbors_, self.similarities_ = _top_neighbors(signal, self.n_neighbors)
-        self.profile_ = signal
+        self.profile_ = normalize(signal, norm="l2", axis=1)  # scores on one scale for light and heavy customers
         self.history_ = history
         self.fallback_ = PopularityRecommender(
             by_segment=True,
@@ -713,7 +718,7 @@ class Recommender(_BaseRecommender):
             top, in_history, is_bought, anchor_of, anchor_bought, strict=True
         ):
             score = float(scores[item])
-            if len(repeat) and was_bought and repeat[pos] >= score - repeat[pos]:
+            if len(repeat) and was_bought and repeat[pos] > 0:  # bought before: say so, whatever else scored it
                 recs.append(_buy_again_rec(self.catalogue_, h, span.start + int(pos), score))
             else:
                 recs.append(self._similar_rec(int(item), score, int(anchor), bool(anchor_was_bought)))
@@ -798,7 +803,7 @@ def time_split(
 
 
 def evaluate_recommenders(
-    models: Mapping[str, _BaseRecommender],
+    models: Mapping[str, Recommender | PopularityRecommender],
     train_tx: pd.DataFrame,
     test_tx: pd.DataFrame,
     *,
@@ -845,9 +850,7 @@ def evaluate_recommenders(
                     "exclude_purchased": flag,
                     **{m: float(np.mean([x[m] for x in metrics])) if metrics else math.nan for m in _METRICS},
                     "coverage": len(shown) / catalogue_size,
-                    "diversity": _mean_or_nan(
-                        [d for lst in recs.values() if (d := _category_diversity(lst)) is not None]
-                    ),
+                    "diversity": _mean_or_nan([_category_diversity(lst) for lst in recs.values() if len(lst) > 1]),
                     "n_users": len(relevant),
                 }
             )
