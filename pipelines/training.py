@@ -12,6 +12,7 @@ import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from mlflow.models import infer_signature
 from custops.features.store import OfflineStore, Snapshot
 from custops.models import metrics as M
 from custops.models import plots
-from custops.models.baselines import BASELINE_COLUMNS, baseline_scores
+from custops.models.baselines import BASELINE_COLUMNS, baseline_scores, fit_btyd
 from custops.models.boosted import ChurnModel, HurdleCLVModel, PropensityModel
 from custops.models.datasets import TASKS, TaskSpec, load_task_frame, task_specs, time_split
 from custops.models.registry import CHAMPION, GateDecision, GateError, Registry, quality_gate
@@ -115,6 +116,17 @@ def train_task(settings: Settings, task: str, *, snapshot_id: str | None = None,
     base_scores = baseline_scores(task, train, valid, spec)
     baselines = {name: evaluate_scores(task, y, s, probabilities=False) for name, s in base_scores.items()}
     primary = PRIMARY_METRIC[task]
+    if task == "clv":
+        # Two CLV models compete on the same validation rows; the better one is the one served.
+        btyd = fit_btyd(train, spec, "bgnbd")
+        btyd_metrics = evaluate_scores(task, y, np.nan_to_num(btyd.predict(valid)))
+        if btyd_metrics[primary] > metrics[primary]:
+            baselines["lightgbm_hurdle"] = metrics
+            base_scores["lightgbm_hurdle"] = score
+            baselines.pop("btyd_bgnbd_gamma_gamma", None)
+            base_scores.pop("btyd_bgnbd_gamma_gamma", None)
+            model, metrics = btyd, btyd_metrics
+            score = np.nan_to_num(btyd.predict(valid))
     best_base = max(b[primary] for b in baselines.values())
     grade = M.grade(metrics[primary], best_base)
 
@@ -244,10 +256,11 @@ def _log_run(
         mlflow.log_dict({"passed": decision.passed, "reason": decision.reason, "checks": decision.checks}, "gate.json")
         with tempfile.TemporaryDirectory() as d:
             out = Path(d)
-            booster = model.booster_ if hasattr(model, "booster_") else model.spend_booster_
-            plots.feature_importance(
-                model.encoder_.columns, booster.feature_importance("gain"), out / "feature_importance.png"
-            )
+            booster = getattr(model, "booster_", None) or getattr(model, "spend_booster_", None)
+            if booster is not None:  # the BTYD model has no trees
+                plots.feature_importance(
+                    model.encoder_.columns, booster.feature_importance("gain"), out / "feature_importance.png"
+                )
             if task in ("churn", "propensity"):
                 plots.calibration(tables["reliability"], out / "calibration_curve.png")
                 plots.gain_chart(y, {"model": score, **base_scores}, out / "lift_gain_chart.png")
@@ -268,8 +281,18 @@ def _log_run(
             # skops (MLflow's default) only loads allow-listed types; our estimators hold a LightGBM
             # Booster and an encoder, so use cloudpickle (the registry is trusted, local by default).
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            pip_requirements=model_requirements(),
         )
         return run.info.run_id, info.model_uri
+
+
+def model_requirements() -> list[str]:
+    """The packages a logged model needs, pinned to this environment.
+
+    Given explicitly: MLflow's inference imports the model in a subprocess (~10 s per model) and
+    misses LightGBM, which the pickled boosters need.
+    """
+    return [f"{p}=={version(p)}" for p in ("custops", "lightgbm", "scikit-learn", "pandas", "numpy", "cloudpickle")]
 
 
 def train_all(
