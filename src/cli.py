@@ -6,17 +6,20 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from custops.errors import ConfigError, CustopsError, DataContractError, StoreError
+from custops.errors import ConfigError, CustopsError, DataContractError, GateError, StoreError
 
 app = typer.Typer(
     name="custops",
@@ -34,8 +37,8 @@ out = Console()
 err = Console(stderr=True)
 
 # Exit codes: 0 ok; 1 unexpected failure; 2 bad usage or settings; 3 input data breaks the
-# contract; 4 store missing or inconsistent.
-EXIT_CODES: dict[type[CustopsError], int] = {ConfigError: 2, DataContractError: 3, StoreError: 4}
+# contract; 4 store or registry missing or inconsistent; 5 the quality gate refused a promotion.
+EXIT_CODES: dict[type[CustopsError], int] = {ConfigError: 2, DataContractError: 3, StoreError: 4, GateError: 5}
 
 T = TypeVar("T")
 
@@ -57,6 +60,12 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # MLflow logs set-up chatter and generic advice at INFO/WARNING on every run; keep the
+        # terminal for our own output (read by MLflow when it is first imported, which is later).
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
 
 
 def _settings() -> Any:
@@ -322,6 +331,425 @@ def features_list() -> None:
     _run(body)
 
 
+# ---------------------------------------------------------------- models
+
+MODEL_TASKS = ("churn", "clv", "propensity")
+# Metrics shown per task; the gate decides on the primary one (custops.pipelines.training.PRIMARY_METRIC).
+SHOWN_METRICS = {
+    "churn": ("roc_auc", "pr_auc", "lift_top_decile", "brier"),
+    "propensity": ("roc_auc", "pr_auc", "lift_top_decile", "brier"),
+    "clv": ("gini", "spearman", "decile_mape", "total_error_pct"),
+}
+
+
+def _tasks(task: str, *, allow_all: bool) -> list[str]:
+    """The tasks a TASK argument names; an unknown name is a usage error listing the valid ones."""
+    valid = [*MODEL_TASKS, "all"] if allow_all else list(MODEL_TASKS)
+    if task not in valid:
+        raise ConfigError(f"unknown task {task!r}: choose one of {', '.join(valid)}")
+    return list(MODEL_TASKS) if task == "all" else [task]
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    """A table cell: '-' for missing values, numbers rounded, anything else as text."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "-"
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _metric(name: str, value: Any) -> str:
+    return _cell(value, 1 if name in ("decile_mape", "total_error_pct") else 3)
+
+
+METRIC_LABELS = {
+    "roc_auc": "ROC-AUC",
+    "pr_auc": "PR-AUC",
+    "lift_top_decile": "lift@10%",
+    "brier": "Brier",
+    "positive_rate": "positive rate",
+    "gini": "Gini",
+    "spearman": "Spearman",
+    "decile_mape": "decile MAPE %",
+    "total_error_pct": "total error %",
+    "mae": "MAE",
+    "rmse": "RMSE",
+}
+
+
+def _decision(r: Any, *, promotion_tried: bool = True) -> str:
+    if r.promoted:
+        return f"[green]v{r.version} champion[/]"
+    if not r.gate.passed:
+        return f"[red]v{r.version} refused[/]"
+    return f"v{r.version} challenger" + ("" if promotion_tried else " (--no-promote)")
+
+
+def _print_training(r: Any, *, promotion_tried: bool = True) -> None:
+    cols = SHOWN_METRICS[r.task]
+    gate = "[green]passed[/]" if r.gate.passed else "[red]refused[/]"
+    t = Table(
+        title=f"{r.task} v{r.version}: validation cutoff {r.split['valid_cutoff']}, "
+        f"{r.split['valid_rows']:,} customers",
+        caption=f"grade {r.grade}; gate {gate} ({r.gate.reason}); {_decision(r, promotion_tried=promotion_tried)}",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    t.add_column("scorer", no_wrap=True)
+    for c in cols:
+        t.add_column(METRIC_LABELS[c] + (" *" if c == r.primary else ""), justify="right")
+    t.add_row("model", *(_metric(c, r.metrics.get(c)) for c in cols), style="bold")
+    for name, m in r.baselines.items():
+        t.add_row(f"baseline {name}", *(_metric(c, m.get(c)) for c in cols))
+    out.print(t)
+
+
+def _print_summary(results: list[Any]) -> None:
+    t = Table(title="Models vs baselines (validation cutoff, same customers)", box=box.SIMPLE_HEAD)
+    for col in ("task", "metric", "scorer", "value", "grade", "decision"):
+        t.add_column(col, justify="right" if col == "value" else "left", no_wrap=col != "scorer")
+    for r in results:
+        metric = METRIC_LABELS[r.primary]
+        t.add_row(
+            r.task, metric, "model", _metric(r.primary, r.metrics[r.primary]), r.grade, _decision(r), style="bold"
+        )
+        for name, m in r.baselines.items():
+            t.add_row("", "", f"vs {name}", _metric(r.primary, m[r.primary]), "", "")
+    out.print(t)
+
+
+def _print_scores(scores: Any, path: Path, *, per_customer: bool) -> None:
+    from custops.pipelines.scoring import STATUS_NOT_FOUND, STATUS_OK
+
+    ok = scores[scores["status"] == STATUS_OK]
+    not_found = int((scores["status"] == STATUS_NOT_FOUND).sum())
+    clv_col = next(c for c in scores.columns if c.startswith("clv_"))
+    prop_col = next(c for c in scores.columns if c.startswith("purchase_propensity_"))
+    if per_customer:
+        clv_h, prop_h = clv_col.removeprefix("clv_"), prop_col.removeprefix("purchase_propensity_")
+        t = Table(title="Scores", box=box.SIMPLE_HEAD)
+        for col in ("customer", "status", "churn", "risk", f"CLV {clv_h}", f"buys in {prop_h}", "segment", "lifecycle"):
+            right = col in ("churn", f"CLV {clv_h}", f"buys in {prop_h}")
+            t.add_column(col, justify="right" if right else "left", no_wrap=col != "segment")
+        for _, r in scores.iterrows():
+            t.add_row(
+                r["customer_id"],
+                r["status"] if r["status"] == STATUS_OK else f"[yellow]{r['status']}[/]",
+                _cell(r["churn_probability"]),
+                _cell(r["risk_band"]),
+                _cell(r[clv_col], 2),
+                _cell(r[prop_col]),
+                _cell(r["rfm_segment"]),
+                _cell(r["lifecycle_stage"]),
+            )
+        out.print(t)
+        for _, r in ok[ok["churn_top_reasons"].notna()].iterrows():
+            out.print(f"  {r['customer_id']} churn reasons: {r['churn_top_reasons']}", highlight=False)
+    versions = ", ".join(
+        f"{c.removesuffix('_model_version')} v{scores[c].iloc[0]}"
+        for c in scores.columns
+        if c.endswith("_model_version")
+    )
+    cutoff = str(scores["cutoff"].iloc[0])[:10] if len(scores) else "-"
+    out.print(
+        f"Scored {len(ok):,} customers at cutoff {cutoff} with {versions}"
+        + (f"; [yellow]{not_found:,} not found[/]" if not_found else "")
+    )
+    if len(ok):
+        bands = ok["risk_band"].value_counts()
+        prospects = int(ok["risk_band"].isna().sum())
+        out.print(
+            f"  churn risk: high {int(bands.get('high', 0)):,}, medium {int(bands.get('medium', 0)):,}, "
+            f"low {int(bands.get('low', 0)):,}, prospects (not scored for churn) {prospects:,}; "
+            f"expected {clv_col.removeprefix('clv_')} value {ok[clv_col].sum():,.0f}"
+        )
+    out.print(f"  -> {path}")
+
+
+def _read_ids(customers: str | None, customers_file: Path | None) -> list[str] | None:
+    """Customer ids from --customers (comma-separated) and --customers-file (one per line, # comments)."""
+    if customers is None and customers_file is None:
+        return None
+    ids = [c.strip() for c in (customers or "").split(",") if c.strip()]
+    if customers_file is not None:
+        if not customers_file.is_file():
+            raise DataContractError(str(customers_file), None, "file not found", "pass a text file, one id per line")
+        lines = (line.strip() for line in customers_file.read_text().splitlines())
+        ids += [line for line in lines if line and not line.startswith("#")]
+    if not ids:
+        raise ConfigError("no customer ids given: --customers / --customers-file is empty")
+    return ids
+
+
+def _require_version(registry: Any, task: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registry.client.get_model_version(registry.name(task), version)
+    except MlflowException:
+        raise StoreError(
+            f"{registry.name(task)} has no version {version!r}: see `custops history {task}` for the versions"
+        ) from None
+
+
+def _download_table(run_id: str, artifact: str) -> Any:
+    """A CSV artifact of a training run as a DataFrame (None when the run has none)."""
+    import tempfile
+
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=d)
+        except (MlflowException, OSError):
+            return None
+        return pd.read_csv(local)
+
+
+@app.command("train")
+def train(
+    task: Annotated[str, typer.Argument(help="churn, clv, propensity or all.")] = "all",
+    snapshot: Annotated[str | None, typer.Option(help="Snapshot id (default: latest).")] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote/--no-promote", help="Promote to champion if the quality gate passes.")
+    ] = True,
+) -> None:
+    """Train, compare with baselines, register as challenger and promote through the quality gate."""
+
+    def body() -> None:
+        from custops.features.store import OfflineStore
+        from custops.pipelines.training import train_task
+
+        s = _settings()
+        tasks = _tasks(task, allow_all=True)
+        snapshot_id = snapshot or OfflineStore(s.offline_store_dir).latest_id()
+        for t in tasks:
+            with _step(f"Training {t} on {snapshot_id}"):
+                result = train_task(s, t, snapshot_id=snapshot_id, promote=promote)
+            _print_training(result, promotion_tried=promote)
+
+    _run(body)
+
+
+@app.command("evaluate")
+def evaluate(
+    task: Annotated[str, typer.Argument(help="churn, clv, propensity or all.")] = "all",
+) -> None:
+    """Validation metrics of each task's champion and challenger (from MLflow), and the churn targeting table."""
+
+    def body() -> None:
+        from custops.models.registry import CHALLENGER, CHAMPION, Registry
+        from custops.pipelines.training import PRIMARY_METRIC
+
+        s = _settings()
+        tasks = _tasks(task, allow_all=True)
+        reg = Registry(s)
+        shown = 0
+        for t in tasks:
+            roles: dict[str, list[str]] = {}
+            for alias in (CHAMPION, CHALLENGER):
+                if (v := reg.alias_version(t, alias)) is not None:
+                    roles.setdefault(v, []).append(alias)
+            if not roles:
+                out.print(f"{reg.name(t)}: no model yet (run `custops train {t}`)")
+                continue
+            shown += 1
+            infos = {v: reg.version_info(t, v) for v in roles}
+            _print_evaluation(t, PRIMARY_METRIC[t], roles, infos)
+            if t == "churn":
+                v = next(iter(roles))  # the champion when there is one
+                table = _download_table(infos[v]["run_id"], "evaluation/targeting.csv")
+                if table is not None:
+                    _print_targeting(table, f"v{v} ({', '.join(roles[v])})")
+        if not shown:
+            raise StoreError(f"no registered model for {', '.join(tasks)}: run `custops train {task}` first")
+
+    _run(body)
+
+
+def _print_evaluation(task: str, primary: str, roles: dict[str, list[str]], infos: dict[str, dict]) -> None:
+    t = Table(title=f"{task}: metrics at training (each on its own validation cutoff)", box=box.SIMPLE_HEAD)
+    t.add_column("metric", no_wrap=True)
+    for v, names in roles.items():
+        t.add_column(f"v{v} ({', '.join(names)})", justify="right")
+    t.add_row("snapshot", *(str(infos[v]["snapshot_id"]) for v in roles))
+    metric_names = sorted({k for i in infos.values() for k in i["metrics"] if k.startswith("valid_")})
+    for k in metric_names:
+        name = k.removeprefix("valid_")
+        t.add_row(
+            METRIC_LABELS.get(name, name),
+            *(_metric(name, infos[v]["metrics"].get(k)) for v in roles),
+            style="bold" if name == primary else "",
+        )
+    baseline_keys = sorted(
+        {k for i in infos.values() for k in i["metrics"] if k.startswith("baseline_") and k.endswith(f"_{primary}")}
+    )
+    for k in baseline_keys:
+        label = f"{METRIC_LABELS[primary]} of baseline {k.removeprefix('baseline_').removesuffix(f'_{primary}')}"
+        t.add_row(label, *(_metric(primary, infos[v]["metrics"].get(k)) for v in roles))
+    key = f"champion_{primary}"
+    if any(key in i["metrics"] for i in infos.values()):
+        label = f"{METRIC_LABELS[primary]} of the champion then"
+        t.add_row(label, *(_metric(primary, infos[v]["metrics"].get(key)) for v in roles))
+    out.print(t)
+
+
+def _print_targeting(table: Any, which: str) -> None:
+    t = Table(
+        title=f"Churn targeting, {which}: contact the top % by risk (validation cutoff)",
+        caption="value at stake: trailing 365-day revenue of the churners reached",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for label in ("top %", "customers", "churners", "false alarms", "precision", "reached %", "value at stake"):
+        t.add_column(label, justify="right")
+    for _, r in table.iterrows():
+        t.add_row(
+            _cell(r["contact_top_pct"], 0),
+            _cell(int(r["customers"]), 0),
+            _cell(int(r["true_churners"]), 0),
+            _cell(int(r["false_alarms"]), 0),
+            _cell(r["precision"], 2),
+            _cell(r["churners_reached_pct"], 1),
+            _cell(r["value_at_stake"], 0),
+        )
+    out.print(t)
+
+
+@app.command("promote")
+def promote(
+    task: Annotated[str, typer.Argument(help="churn, clv or propensity.")],
+    version: Annotated[
+        str | None, typer.Option("--version", help="Version to promote (default: the challenger).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if the quality gate refused (audited).")] = False,
+) -> None:
+    """Make a version champion if it passed the quality gate at its training (exit 5 if refused)."""
+
+    def body() -> None:
+        from custops.models.registry import CHALLENGER, CHAMPION, Registry
+        from custops.pipelines.training import promote as promote_version
+
+        s = _settings()
+        (t,) = _tasks(task, allow_all=False)
+        reg = Registry(s)
+        target = version or reg.alias_version(t, CHALLENGER)
+        if target is None:
+            raise StoreError(f"{reg.name(t)} has no challenger: run `custops train {t}` first")
+        _require_version(reg, t, target)
+        before = reg.alias_version(t, CHAMPION)
+        if before == target:
+            out.print(f"{reg.name(t)} v{target} is already champion; nothing changed.")
+            return
+        promote_version(s, t, target, force=force)
+        reason = reg.history(t)[-1].get("reason", "")
+        was = f" (was v{before})" if before else ""
+        out.print(f"{reg.name(t)} v{target} is now champion{was}: {reason}")
+
+    _run(body)
+
+
+@app.command("rollback")
+def rollback(task: Annotated[str, typer.Argument(help="churn, clv or propensity.")]) -> None:
+    """Point champion back at the version that was champion before the current one (audited)."""
+
+    def body() -> None:
+        from custops.models.registry import CHAMPION, Registry
+        from custops.pipelines.training import rollback as rollback_task
+
+        s = _settings()
+        (t,) = _tasks(task, allow_all=False)
+        reg = Registry(s)
+        before = reg.alias_version(t, CHAMPION)
+        target = rollback_task(s, t)
+        out.print(f"{reg.name(t)} champion rolled back: v{before} -> v{target}")
+
+    _run(body)
+
+
+@app.command("history")
+def history(
+    task: Annotated[str, typer.Argument(help="churn, clv, propensity or all.")] = "all",
+    limit: Annotated[int, typer.Option(min=1, help="Show the last N decisions.")] = 50,
+) -> None:
+    """The registry audit log: which version was champion when, why, and by which metrics."""
+
+    def body() -> None:
+        from custops.models.registry import Registry
+        from custops.pipelines.training import PRIMARY_METRIC
+
+        s = _settings()
+        tasks = _tasks(task, allow_all=True)
+        records = Registry(s).history(None if task == "all" else tasks[0])[-limit:]
+        if not records:
+            out.print("No registry decisions yet: run `custops train`.")
+            return
+        t = Table(
+            title=f"Registry audit log ({s.audit_log_path})",
+            caption="champion: the alias moved from -> to; metric: the primary metric on the validation cutoff",
+            caption_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
+        for col in ("at (UTC)", "task", "action", "champion", "metric", "by", "reason"):
+            t.add_column(col, overflow="fold", no_wrap=col != "reason")
+        colors = {"promote": "green", "refuse": "red", "rollback": "yellow"}
+        for rec in records:
+            primary = PRIMARY_METRIC.get(rec["task"], "")
+            if rec.get("gate"):
+                metric = _metric(primary, rec["gate"]["challenger"])
+            else:
+                metric = _metric(primary, rec.get("metrics", {}).get(primary))
+            action = rec["action"]
+            previous = f"v{rec['previous']}" if rec.get("previous") else "none"
+            moved = {"register": "-", "refuse": f"{previous} kept"}.get(action, f"{previous} -> v{rec['version']}")
+            t.add_row(
+                rec["at"][:16].replace("T", " "),
+                rec["task"],
+                f"[{colors[action]}]{action}[/]" if action in colors else action,
+                moved,
+                metric,
+                rec.get("by", "-"),
+                rec.get("reason", "") + (f" (v{rec['version']})" if action in ("register", "refuse") else ""),
+            )
+        out.print(t)
+
+    _run(body)
+
+
+@app.command("score")
+def score(
+    customers: Annotated[str | None, typer.Option(help="Comma-separated customer ids (default: everyone).")] = None,
+    customers_file: Annotated[Path | None, typer.Option(help="Text file with one customer id per line.")] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Output .parquet or .csv (default: the scores folder).")
+    ] = None,
+    snapshot: Annotated[str | None, typer.Option(help="Snapshot id (default: latest).")] = None,
+) -> None:
+    """Batch-score customers with each champion: churn risk, CLV, propensity, segment, lifecycle stage."""
+
+    def body() -> None:
+        from custops.features.store import OfflineStore
+        from custops.pipelines.scoring import default_scores_path, scores_format, write_scores
+        from custops.pipelines.scoring import score as score_customers
+
+        s = _settings()
+        ids = _read_ids(customers, customers_file)
+        if out_path is not None:
+            scores_format(out_path)  # fail on a bad suffix before the work
+        snapshot_id = snapshot or OfflineStore(s.offline_store_dir).latest_id()
+        with _step("Scoring customers"):
+            scores = score_customers(s, ids, snapshot_id=snapshot_id)
+            path = write_scores(scores, out_path or default_scores_path(s, snapshot_id))
+        _print_scores(scores, path, per_customer=ids is not None and len(scores) <= 20)
+
+    _run(body)
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -330,9 +758,10 @@ def demo(
     customers: Annotated[int, typer.Option("--customers", "-n", min=100, help="Synthetic customers.")] = 5000,
     regenerate: Annotated[bool, typer.Option(help="Regenerate the demo data even if present.")] = False,
 ) -> None:
-    """The main job end to end on embedded defaults: generate -> ingest -> features -> online store."""
+    """The main job end to end: generate -> ingest -> features -> train all -> gate/promote -> batch score."""
 
     def body() -> None:
+        from custops.models.registry import CHAMPION, Registry
         from custops.pipelines.features import (
             build_features,
             generate_demo_data,
@@ -340,6 +769,9 @@ def demo(
             materialize,
             raw_sources,
         )
+        from custops.pipelines.scoring import default_scores_path, write_scores
+        from custops.pipelines.scoring import score as score_customers
+        from custops.pipelines.training import train_task
 
         s = _settings()
         started = dt.datetime.now()
@@ -355,7 +787,28 @@ def demo(
         with _step("Materializing online store"):
             meta = materialize(s, snap.snapshot_id)
         out.print(f"Online store: {meta['rows']:,} customers at cutoff {meta['cutoff'][:10]}")
-        out.print(f"Done in {(dt.datetime.now() - started).total_seconds():.1f}s. Next: `custops features describe`.")
+        results = []
+        for task in MODEL_TASKS:
+            with _step(f"Training {task} (baselines, MLflow, quality gate)"):
+                results.append(train_task(s, task, snapshot_id=snap.snapshot_id))
+        _print_summary(results)
+        registry = Registry(s)
+        refused = [r for r in results if registry.alias_version(r.task, CHAMPION) is None]
+        if refused:
+            r = refused[0]
+            raise GateError(
+                f"batch scoring needs a champion per task; the quality gate refused {r.task} v{r.version} "
+                f"({r.gate.reason}) and there is no earlier champion: review `custops evaluate {r.task}`, then "
+                f"`custops promote {r.task} --force`, or run the demo on more customers"
+            )
+        with _step("Batch scoring every customer with the champions"):
+            scores = score_customers(s, snapshot_id=snap.snapshot_id)
+            path = write_scores(scores, default_scores_path(s, snap.snapshot_id))
+        _print_scores(scores, path, per_customer=False)
+        out.print(
+            f"Done in {(dt.datetime.now() - started).total_seconds():.1f}s. "
+            "Next: `custops evaluate`, `custops history`, `custops score --customers ID,ID`."
+        )
 
     _run(body)
 

@@ -27,3 +27,7 @@ class DataContractError(CustopsError):
 
 class StoreError(CustopsError):
     """The offline or online store is missing, incomplete or inconsistent."""
+
+
+class GateError(CustopsError):
+    """A promotion was refused by the quality gate."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from custops.data import schema
-from custops.settings import FeatureSettings, Settings
+from custops.settings import FeatureSettings, ModelSettings, Settings
 
 
 def frame(columns: dict[str, str], rows: list[dict]) -> pd.DataFrame:
@@ -110,3 +111,43 @@ def hand_validated(tmp_path: Path) -> Path:
     return write_validated(
         tmp_path / "validated", [dict(r) for r in TX], [dict(r) for r in IX], [dict(r) for r in CUSTOMERS]
     )
+
+
+# ---------------------------------------------------------------- models: ONE shared synthetic store
+
+MODEL_TEST_CUSTOMERS = 2000
+
+
+def model_test_settings(home: Path, **model_overrides: object) -> Settings:
+    """Settings for model tests: a fixed 'now', fewer trees, and MLflow in SQLite under `home`."""
+    models = {
+        "n_estimators": 150,
+        "tracking_uri": f"sqlite:///{(home / 'mlflow' / 'mlflow.db').resolve()}",
+        **model_overrides,
+    }
+    return Settings(home=home, as_of="2026-01-01T00:00:00", models=ModelSettings(**models))
+
+
+def copy_feature_store(source_home: Path, home: Path) -> Path:
+    """A fresh home holding a copy of `source_home`'s offline snapshots (no models, no audit log)."""
+    shutil.copytree(source_home / "store" / "offline", home / "store" / "offline")
+    return home
+
+
+@pytest.fixture(scope="session")
+def feature_store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded synthetic dataset (2,000 customers, 36 monthly cutoffs) built into one feature snapshot."""
+    from custops.pipelines.features import run_feature_pipeline
+
+    home = tmp_path_factory.mktemp("feature_store") / ".custops"
+    run_feature_pipeline(model_test_settings(home), generate_customers=MODEL_TEST_CUSTOMERS)
+    return home
+
+
+@pytest.fixture(scope="session")
+def trained(feature_store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict]:
+    """Every task trained once and promoted through the gate; read-only for the tests that share it."""
+    from custops.pipelines.training import train_all
+
+    settings = model_test_settings(copy_feature_store(feature_store_home, tmp_path_factory.mktemp("trained")))
+    return settings, {r.task: r for r in train_all(settings)}

@@ -20,16 +20,12 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from custops.errors import CustopsError, StoreError
+from custops.errors import GateError, StoreError
 from custops.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-class GateError(CustopsError):
-    """A promotion was refused by the quality gate."""
 
 
 @dataclass
@@ -83,7 +79,14 @@ class Registry:
         self.tracking_uri = settings.tracking_uri()
         if self.tracking_uri.startswith("sqlite:"):
             settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        user_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.tracking_uri)
+        # MLflow also exports the URI to MLFLOW_TRACKING_URI, which Settings.tracking_uri() honours:
+        # restore the user's value so a later Settings with another home gets its own database.
+        if user_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = user_uri
         self.client = MlflowClient(self.tracking_uri)
         self.audit_path = settings.audit_log_path
 
@@ -161,10 +164,12 @@ class Registry:
         current = self.alias_version(task, CHAMPION)
         if current is None:
             raise StoreError(f"{self.name(task)} has no champion to roll back")
-        moves = [r for r in self.history(task) if r["action"] in ("promote", "rollback")]
-        # walk the champion chain backwards: the previous of the move that installed `current`
-        for rec in reversed(moves):
-            if rec["version"] == current and rec.get("previous"):
+        promotions = [r for r in self.history(task) if r["action"] == "promote"]
+        # Walk the champion chain backwards: the previous champion of the promotion that installed
+        # `current`. Rollback records are not promotions: following them would flip back and forth
+        # between the last two champions instead of stepping further back.
+        for rec in reversed(promotions):
+            if rec["version"] == current and rec.get("previous") not in (None, current):
                 target = rec["previous"]
                 break
         else:

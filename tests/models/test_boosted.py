@@ -1,0 +1,121 @@
+"""The LightGBM models keep the scikit-learn contract, calibrate, band risk and encode categories safely."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import roc_auc_score
+
+from custops.models.boosted import ChurnModel, HurdleCLVModel, PropensityModel
+from custops.models.tabular import FrameEncoder
+
+FEATURES = ["signal", "noise", "channel"]
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    """1,200 rows over three cutoffs: the label follows `signal` and channel 'a'; `noise` is noise."""
+    rng = np.random.default_rng(0)
+    n = 1200
+    df = pd.DataFrame(
+        {
+            "customer_id": [f"C{i:05d}" for i in range(n)],
+            "cutoff": pd.to_datetime(np.repeat(["2024-01-01", "2024-02-01", "2024-03-01"], n // 3)),
+            "signal": rng.normal(size=n),
+            "noise": rng.normal(size=n),
+            "channel": pd.Series(rng.choice(["a", "b", "c"], size=n), dtype="string"),
+        }
+    )
+    logit = 1.5 * df["signal"] + np.where(df["channel"] == "a", 1.0, 0.0) - 0.3
+    df["y"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    df["value"] = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), np.exp(3 + 0.5 * df["signal"]), 0.0)
+    return df
+
+
+def small(model_cls: type, **kw: object) -> object:
+    return model_cls(features=FEATURES, n_estimators=40, min_child_samples=20, **kw)
+
+
+def test_clone_keeps_parameters_and_drops_fitted_state(frame: pd.DataFrame) -> None:
+    model = small(ChurnModel, risk_bands=(0.2, 0.5), learning_rate=0.1)
+    model.fit(frame, frame["y"], cutoff=frame["cutoff"])
+    copy = clone(model)
+    assert copy.get_params() == model.get_params()
+    assert copy.get_params()["risk_bands"] == (0.2, 0.5)
+    assert not hasattr(copy, "booster_") and not hasattr(copy, "encoder_")
+    assert model.fit(frame, frame["y"]) is model  # fit returns self
+
+
+@pytest.mark.parametrize("model_cls", [ChurnModel, PropensityModel, HurdleCLVModel])
+def test_predict_before_fit_raises_not_fitted(model_cls: type, frame: pd.DataFrame) -> None:
+    with pytest.raises(NotFittedError):
+        model_cls().predict(frame)
+
+
+def test_risk_bands_follow_the_thresholds() -> None:
+    bands = ChurnModel(risk_bands=(0.3, 0.6)).risk_band(np.array([0.0, 0.299, 0.3, 0.599, 0.6, 1.0]))
+    assert bands.tolist() == ["low", "low", "medium", "medium", "high", "high"]
+
+
+def test_probabilities_are_calibrated_on_the_latest_cutoff(frame: pd.DataFrame) -> None:
+    model = small(ChurnModel).fit(frame, frame["y"], cutoff=frame["cutoff"])
+    assert model.calibrator_ is not None  # isotonic fitted on the held-out latest cutoff
+    proba = model.predict_proba(frame)
+    assert proba.shape == (len(frame), 2)
+    assert ((proba >= 0) & (proba <= 1)).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert roc_auc_score(frame["y"], proba[:, 1]) > 0.75
+    # without cutoffs there is nothing to hold out: raw LightGBM probabilities, still in [0, 1]
+    raw = small(ChurnModel).fit(frame, frame["y"])
+    assert raw.calibrator_ is None
+    assert ((raw.predict_proba(frame) >= 0) & (raw.predict_proba(frame) <= 1)).all()
+
+
+def test_single_class_label_is_a_clear_error(frame: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="single class"):
+        small(PropensityModel).fit(frame, np.zeros(len(frame), dtype=int))
+
+
+def test_hurdle_needs_buyers_and_non_buyers(frame: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="both buyers and non-buyers"):
+        small(HurdleCLVModel).fit(frame, np.zeros(len(frame)))
+
+
+def test_hurdle_value_is_probability_times_spend(frame: pd.DataFrame) -> None:
+    model = small(HurdleCLVModel).fit(frame, frame["value"], cutoff=frame["cutoff"])
+    p, spend = model.predict_parts(frame)
+    assert ((p >= 0) & (p <= 1)).all() and (spend > 0).all()
+    np.testing.assert_allclose(model.predict(frame), p * spend)
+    assert np.corrcoef(model.predict(frame), frame["value"])[0, 1] > 0.3
+
+
+def test_only_the_declared_features_are_used(frame: pd.DataFrame) -> None:
+    model = small(ChurnModel).fit(frame.assign(extra=1.0), frame["y"])
+    assert model.feature_names_in_.tolist() == FEATURES and model.n_features_in_ == 3
+    with pytest.raises(ValueError, match=r"lacks columns \['noise'\]"):
+        model.predict_proba(frame.drop(columns="noise"))
+
+
+def test_encoder_maps_unseen_categories_to_missing(frame: pd.DataFrame) -> None:
+    enc = FrameEncoder.fit(frame, FEATURES)
+    assert enc.categories == {"channel": ["a", "b", "c"]}
+    new = pd.DataFrame({"signal": [0.1, 0.2, 0.3], "noise": [0.0, 0.0, 0.0], "channel": ["b", "zzz", None]})
+    X = enc.transform(new)
+    assert X[0, 2] == 1.0
+    assert np.isnan(X[1, 2]) and np.isnan(X[2, 2])
+    assert enc.decode("channel", X[1, 2]) == "missing"
+    model = small(ChurnModel).fit(frame, frame["y"], cutoff=frame["cutoff"])
+    assert np.isfinite(model.predict_proba(new)[:, 1]).all()
+
+
+def test_reasons_name_features_that_raise_the_score(frame: pd.DataFrame) -> None:
+    model = small(ChurnModel).fit(frame, frame["y"], cutoff=frame["cutoff"])
+    high = frame.nlargest(5, "signal")
+    reasons = model.reasons(high, k=2)
+    assert len(reasons) == 5
+    assert all(0 < len(r) <= 2 for r in reasons)
+    assert all(x.contribution > 0 and x.feature in FEATURES for r in reasons for x in r)
+    assert reasons[0][0].feature == "signal"
