@@ -32,7 +32,7 @@ from custops.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PRIMARY_METRIC = {"churn": "roc_auc", "propensity": "roc_auc", "clv": "gini"}
+PRIMARY_METRIC = {"churn": "roc_auc", "propensity": "roc_auc", "clv": "gini", "recommender": "ndcg@10"}
 
 
 @dataclass
@@ -135,7 +135,15 @@ def train_task(settings: Settings, task: str, *, snapshot_id: str | None = None,
     champion_version = registry.alias_version(task, CHAMPION)
     if champion_version is not None:
         champ = registry.load(task, CHAMPION)
-        champion_metric = evaluate_scores(task, y, predict_scores(task, champ, valid[feats]))[primary]
+        try:
+            champion_metric = evaluate_scores(task, y, predict_scores(task, champ, valid))[primary]
+        except (KeyError, ValueError) as e:  # the champion reads features this snapshot does not have
+            log.warning(
+                "champion v%s of %s cannot score this snapshot (%s): gate compares baselines only",
+                champion_version,
+                task,
+                e,
+            )
     decision = quality_gate(
         primary_metric=primary,
         challenger=metrics[primary],

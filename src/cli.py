@@ -334,6 +334,7 @@ def features_list() -> None:
 # ---------------------------------------------------------------- models
 
 MODEL_TASKS = ("churn", "clv", "propensity")
+TRAIN_TASKS = (*MODEL_TASKS, "recommender")
 # Metrics shown per task; the gate decides on the primary one (custops.pipelines.training.PRIMARY_METRIC).
 SHOWN_METRICS = {
     "churn": ("roc_auc", "pr_auc", "lift_top_decile", "brier"),
@@ -342,12 +343,27 @@ SHOWN_METRICS = {
 }
 
 
-def _tasks(task: str, *, allow_all: bool) -> list[str]:
+def _tasks(task: str, *, allow_all: bool, recommender: bool = False) -> list[str]:
     """The tasks a TASK argument names; an unknown name is a usage error listing the valid ones."""
-    valid = [*MODEL_TASKS, "all"] if allow_all else list(MODEL_TASKS)
+    known = list(TRAIN_TASKS if recommender else MODEL_TASKS)
+    valid = [*known, "all"] if allow_all else known
     if task not in valid:
         raise ConfigError(f"unknown task {task!r}: choose one of {', '.join(valid)}")
-    return list(MODEL_TASKS) if task == "all" else [task]
+    return known if task == "all" else [task]
+
+
+def _print_recommender(result: Any) -> None:
+    t = Table(title=f"recommender v{result.version}: backtest on the 30 days from {result.split_cutoff} (k=10)")
+    for col in ("model", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage", "diversity"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for r in result.table.to_dict(orient="records"):
+        t.add_row(
+            str(r["model"]),
+            *[_cell(r[c]) for c in ("precision@10", "recall@10", "ndcg@10", "map@10", "coverage", "diversity")],
+        )
+    out.print(t)
+    verdict = "promoted to champion" if result.promoted else f"not promoted ({result.gate.reason})"
+    out.print(f"  gate: {result.gate.reason}; {verdict}")
 
 
 def _cell(value: Any, digits: int = 3) -> str:
@@ -513,7 +529,7 @@ def _download_table(run_id: str, artifact: str) -> Any:
 
 @app.command("train")
 def train(
-    task: Annotated[str, typer.Argument(help="churn, clv, propensity or all.")] = "all",
+    task: Annotated[str, typer.Argument(help="churn, clv, propensity, recommender or all.")] = "all",
     snapshot: Annotated[str | None, typer.Option(help="Snapshot id (default: latest).")] = None,
     promote: Annotated[
         bool, typer.Option("--promote/--no-promote", help="Promote to champion if the quality gate passes.")
@@ -523,12 +539,18 @@ def train(
 
     def body() -> None:
         from custops.features.store import OfflineStore
+        from custops.pipelines.recommender import train_recommender
         from custops.pipelines.training import train_task
 
         s = _settings()
-        tasks = _tasks(task, allow_all=True)
+        tasks = _tasks(task, allow_all=True, recommender=True)
         snapshot_id = snapshot or OfflineStore(s.offline_store_dir).latest_id()
         for t in tasks:
+            if t == "recommender":
+                with _step("Training the recommender (time-split backtest, popularity baselines)"):
+                    rec = train_recommender(s, promote=promote)
+                _print_recommender(rec)
+                continue
             with _step(f"Training {t} on {snapshot_id}"):
                 result = train_task(s, t, snapshot_id=snapshot_id, promote=promote)
             _print_training(result, promotion_tried=promote)
@@ -636,7 +658,7 @@ def promote(
         from custops.pipelines.training import promote as promote_version
 
         s = _settings()
-        (t,) = _tasks(task, allow_all=False)
+        (t,) = _tasks(task, allow_all=False, recommender=True)
         reg = Registry(s)
         target = version or reg.alias_version(t, CHALLENGER)
         if target is None:
@@ -663,7 +685,7 @@ def rollback(task: Annotated[str, typer.Argument(help="churn, clv or propensity.
         from custops.pipelines.training import rollback as rollback_task
 
         s = _settings()
-        (t,) = _tasks(task, allow_all=False)
+        (t,) = _tasks(task, allow_all=False, recommender=True)
         reg = Registry(s)
         before = reg.alias_version(t, CHAMPION)
         target = rollback_task(s, t)
@@ -684,7 +706,7 @@ def history(
         from custops.pipelines.training import PRIMARY_METRIC
 
         s = _settings()
-        tasks = _tasks(task, allow_all=True)
+        tasks = _tasks(task, allow_all=True, recommender=True)
         records = Registry(s).history(None if task == "all" else tasks[0])[-limit:]
         if not records:
             out.print("No registry decisions yet: run `custops train`.")
@@ -769,6 +791,7 @@ def demo(
             materialize,
             raw_sources,
         )
+        from custops.pipelines.recommender import train_recommender
         from custops.pipelines.scoring import default_scores_path, write_scores
         from custops.pipelines.scoring import score as score_customers
         from custops.pipelines.training import train_task
@@ -792,6 +815,9 @@ def demo(
             with _step(f"Training {task} (baselines, MLflow, quality gate)"):
                 results.append(train_task(s, task, snapshot_id=snap.snapshot_id))
         _print_summary(results)
+        with _step("Training the recommender (time-split backtest, popularity baselines)"):
+            rec = train_recommender(s)
+        _print_recommender(rec)
         registry = Registry(s)
         refused = [r for r in results if registry.alias_version(r.task, CHAMPION) is None]
         if refused:
