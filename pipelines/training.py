@@ -104,11 +104,16 @@ def train_task(settings: Settings, task: str, *, snapshot_id: str | None = None,
     snap = OfflineStore(settings.offline_store_dir).get(snapshot_id)
     spec = task_specs(settings.features)[task]
     feats = snap.manifest["feature_services"][f"{task}_v1"]
-    df = load_task_frame(snap, spec, extra=BASELINE_COLUMNS)
+    cat_labels = [lab["name"] for lab in snap.manifest["labels"] if lab["name"].startswith(f"{spec.label}_cat_")]
+    df = load_task_frame(snap, spec, extra=(*BASELINE_COLUMNS, *(cat_labels if task == "propensity" else ())))
     split = time_split(df, spec)
     train = _sample(split.train, settings.models.max_train_rows, settings.seed)
     valid = split.valid
-    model = make_model(task, settings, feats).fit(train[feats], train[spec.label], cutoff=train["cutoff"])
+    model = make_model(task, settings, feats)
+    if task == "propensity":  # also one model per top category (labels exist where data has categories)
+        model.fit(train[feats], train[spec.label], cutoff=train["cutoff"], category_targets=train[cat_labels])
+    else:
+        model.fit(train[feats], train[spec.label], cutoff=train["cutoff"])
 
     y = valid[spec.label].to_numpy(dtype=float)
     score = predict_scores(task, model, valid[feats])
@@ -153,6 +158,15 @@ def train_task(settings: Settings, task: str, *, snapshot_id: str | None = None,
     )
 
     tables = _tables(task, model, valid, y, score, spec)
+    if task == "propensity" and model.category_models_:
+        cat_scores = model.predict_categories(valid[feats])
+        rows = []
+        for col in cat_scores.columns:
+            m = M.binary_metrics(valid[col].to_numpy(), cat_scores[col].to_numpy())
+            rows.append({"category": col.rsplit("_cat_", 1)[1], **m})
+            metrics[f"cat_{col.rsplit('_cat_', 1)[1]}_roc_auc"] = m["roc_auc"]
+            metrics[f"cat_{col.rsplit('_cat_', 1)[1]}_lift_top_decile"] = m["lift_top_decile"]
+        tables["categories"] = pd.DataFrame(rows)
     run_id, model_uri = _log_run(
         settings,
         registry,

@@ -169,7 +169,29 @@ class ChurnModel(BinaryBoostedModel):
 
 
 class PropensityModel(BinaryBoostedModel):
-    """P(any purchase in the next K days)."""
+    """P(any purchase in the next K days), plus one calibrated model per category label given."""
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: Any,
+        *,
+        cutoff: pd.Series | None = None,
+        category_targets: pd.DataFrame | None = None,
+    ) -> PropensityModel:
+        super().fit(X, y, cutoff=cutoff)
+        self.category_models_: dict[str, BinaryBoostedModel] = {}
+        for col in category_targets.columns if category_targets is not None else ():
+            yc = category_targets[col].to_numpy()
+            if len(np.unique(yc)) == 2 and min(yc.sum(), len(yc) - yc.sum()) >= 20:  # enough of both classes
+                self.category_models_[col] = BinaryBoostedModel(**self.get_params()).fit(X, yc, cutoff=cutoff)
+        return self
+
+    def predict_categories(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """P(purchase in each modelled category), one column per category label."""
+        check_is_fitted(self, "category_models_")
+        Xm = self._encode(X)
+        return pd.DataFrame({c: m.predict_proba(Xm)[:, 1] for c, m in self.category_models_.items()})
 
 
 class HurdleCLVModel(RegressorMixin, _Boosted):

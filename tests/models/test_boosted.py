@@ -119,3 +119,20 @@ def test_reasons_name_features_that_raise_the_score(frame: pd.DataFrame) -> None
     assert all(0 < len(r) <= 2 for r in reasons)
     assert all(x.contribution > 0 and x.feature in FEATURES for r in reasons for x in r)
     assert reasons[0][0].feature == "signal"
+
+
+def test_propensity_learns_one_model_per_category(frame: pd.DataFrame) -> None:
+    targets = pd.DataFrame(
+        {
+            "label_cat_x": (frame["signal"] > 0.5).astype(int),  # learnable from `signal`
+            "label_cat_rare": (np.arange(len(frame)) < 5).astype(int),  # too few positives to model
+        }
+    )
+    model = small(PropensityModel).fit(frame[FEATURES], frame["y"], cutoff=frame["cutoff"], category_targets=targets)
+    assert list(model.category_models_) == ["label_cat_x"]
+    probs = model.predict_categories(frame[FEATURES])
+    assert list(probs.columns) == ["label_cat_x"] and probs.shape == (len(frame), 1)
+    assert roc_auc_score(targets["label_cat_x"], probs["label_cat_x"]) > 0.9
+    # the overall model is unchanged by the category models
+    plain = small(PropensityModel).fit(frame[FEATURES], frame["y"], cutoff=frame["cutoff"])
+    np.testing.assert_array_equal(plain.predict_proba(frame[FEATURES]), model.predict_proba(frame[FEATURES]))
