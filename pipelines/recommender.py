@@ -12,6 +12,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from custops.errors import StoreError
 from custops.features.store import OfflineStore
 from custops.models.recommender import PopularityRecommender, Recommender, evaluate_recommenders, time_split
 from custops.models.registry import CHAMPION, GateDecision, GateError, Registry, quality_gate
@@ -53,6 +54,8 @@ def _segments(settings: Settings) -> pd.Series | None:
 def train_recommender(settings: Settings, *, promote: bool = True, horizon_days: int = 30) -> RecommenderResult:
     """Backtest item-item CF vs popularity on the last full `horizon_days`, refit on all data, register."""
     v = settings.validated_dir
+    if not (v / "transactions.parquet").exists():
+        raise StoreError(f"no validated transactions in {v}: run `custops data ingest` first")
     tx = pd.read_parquet(v / "transactions.parquet")
     ix = pd.read_parquet(v / "interactions.parquet") if (v / "interactions.parquet").exists() else None
     products = pd.read_parquet(v / "products.parquet") if (v / "products.parquet").exists() else None

@@ -129,8 +129,9 @@ def model_test_settings(home: Path, **model_overrides: object) -> Settings:
 
 
 def copy_feature_store(source_home: Path, home: Path) -> Path:
-    """A fresh home holding a copy of `source_home`'s offline snapshots (no models, no audit log)."""
+    """A fresh home holding a copy of `source_home`'s validated data and offline snapshots (no models, no audit log)."""
     shutil.copytree(source_home / "store" / "offline", home / "store" / "offline")
+    shutil.copytree(source_home / "data" / "validated", home / "data" / "validated")
     return home
 
 

@@ -119,7 +119,7 @@ def test_model_commands_have_help() -> None:
 def test_model_commands_reject_bad_input_with_one_line(home: Path) -> None:
     res = runner.invoke(app, ["train", "recommenderz"])
     assert res.exit_code == 2
-    assert "error: unknown task 'recommenderz': choose one of churn, clv, propensity, all" in res.output
+    assert "error: unknown task 'recommenderz': choose one of churn, clv, propensity, recommender, all" in res.output
     res = runner.invoke(app, ["promote", "all"])
     assert res.exit_code == 2 and "choose one of churn, clv, propensity" in res.output
     res = runner.invoke(app, ["history", "nope"])
