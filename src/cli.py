@@ -839,5 +839,33 @@ def demo(
     _run(body)
 
 
+@app.command("serve")
+def serve(
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: every interface).")] = "127.0.0.1",
+    reload: Annotated[
+        bool, typer.Option("--reload", help="Restart when the service code changes (development).")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: CUSTOPS_SERVING_WORKERS or 1).")
+    ] = None,
+) -> None:
+    """Serve scores, recommendations and model metadata over HTTP for CRM systems (Ctrl-C stops)."""
+
+    def body() -> None:
+        from custops.serving.app import serve as run_server
+        from custops.serving.config import ServingSettings
+
+        s = _settings()
+        serving = ServingSettings(workers=workers) if workers is not None else ServingSettings()
+        auth = "on (X-API-Key)" if serving.api_key() else "off"
+        out.print(f"Serving {s.home} on http://{host}:{port}  (docs at /, probes /healthz /readyz, auth {auth})")
+        code = run_server(s, host=host, port=port, reload=reload, serving=serving)
+        if code not in (0, None):
+            raise typer.Exit(1)
+
+    _run(body)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
