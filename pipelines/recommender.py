@@ -15,7 +15,7 @@ import pandas as pd
 from custops.errors import StoreError
 from custops.features.store import OfflineStore
 from custops.models.recommender import PopularityRecommender, Recommender, evaluate_recommenders, time_split
-from custops.models.registry import CHAMPION, GateDecision, GateError, Registry, quality_gate
+from custops.models.registry import CHAMPION, GateDecision, Registry, quality_gate
 from custops.pipelines.training import model_requirements
 from custops.settings import Settings
 
@@ -123,13 +123,7 @@ def train_recommender(settings: Settings, *, promote: bool = True, horizon_days:
             pip_requirements=model_requirements(),
         )
     version = registry.register(TASK, info.model_uri, run.info.run_id, {PRIMARY: metrics[PRIMARY]})
-    promoted = False
-    if promote:
-        try:
-            registry.promote(TASK, version, decision)
-            promoted = True
-        except GateError as e:
-            log.warning("%s", e)
+    promoted = promote and registry.promote_if_gate_passes(TASK, version, decision)
     return RecommenderResult(run.info.run_id, version, metrics, rows, decision, promoted, table, str(cutoff.date()))
 
 

@@ -189,13 +189,7 @@ def train_task(settings: Settings, task: str, *, snapshot_id: str | None = None,
         champion_metric,
     )
     version = registry.register(task, model_uri, run_id, metrics)
-    promoted = False
-    if promote:
-        try:
-            registry.promote(task, version, decision)
-            promoted = True
-        except GateError as e:
-            log.warning("%s", e)
+    promoted = promote and registry.promote_if_gate_passes(task, version, decision)
     return TrainResult(
         task, snap.snapshot_id, run_id, version, metrics, baselines, grade, decision, promoted, split.describe(), tables
     )

@@ -159,6 +159,15 @@ class Registry:
             task, "promote", version, previous=previous, reason=reason, gate=asdict(decision) if decision else None
         )
 
+    def promote_if_gate_passes(self, task: str, version: str, decision: GateDecision) -> bool:
+        """Promote when the gate passed; a refusal is audited and logged, not raised. True if promoted."""
+        try:
+            self.promote(task, version, decision)
+        except GateError as e:
+            log.warning("%s", e)
+            return False
+        return True
+
     def rollback(self, task: str) -> str:
         """Point `champion` back at the version that was champion before the current one."""
         current = self.alias_version(task, CHAMPION)
