@@ -631,7 +631,8 @@ def _table(rows: list[dict[str, Any]], max_train_rows: int | None) -> Any:
 
 def _totals_line(r: dict[str, Any]) -> str:
     tot = r["totals"]
-    line = f"{r['label']} customers: {len(tot['tasks'])} trainings {tot['wall_s']:.1f} s in-process "
+    n = len(tot["tasks"])
+    line = f"{r['label']} customers: {n} training{'s' if n != 1 else ''} {tot['wall_s']:.1f} s in-process "
     line += f"({tot['process_wall_s']:.1f} s with interpreter start and imports)"
     if tot["all_four"]:
         verdict = "met" if tot["within_goal"] else "NOT met"
