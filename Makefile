@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/custops demo
 
 test: $(STAMP)
+	bash scripts/system-deps.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
