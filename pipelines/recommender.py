@@ -11,6 +11,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import pyarrow.parquet as pq
 
 from custops.errors import StoreError
 from custops.features.store import OfflineStore
@@ -24,6 +25,12 @@ log = logging.getLogger(__name__)
 TASK = "recommender"
 PRIMARY = "ndcg@10"
 K = 10
+# Backtest customers: a seeded sample this large keeps the standard error of NDCG@10 near 0.002
+# (CF leads popularity by ~0.09) while scoring every test customer cost ~65 s at 1M customers.
+EVAL_CUSTOMERS = 20_000
+# Columns the recommender reads (the others, e.g. order_id and channel, would only cost memory).
+TRANSACTION_COLUMNS = ("customer_id", "timestamp", "product_id", "category", "status")
+INTERACTION_COLUMNS = ("customer_id", "timestamp", "event_type", "product_id")
 
 
 @dataclass
@@ -38,6 +45,12 @@ class RecommenderResult:
     promoted: bool
     table: pd.DataFrame
     split_cutoff: str
+
+
+def _read_columns(path: Path, wanted: tuple[str, ...]) -> pd.DataFrame:
+    """The wanted columns that the validated file has (optional ones may be absent)."""
+    names = set(pq.read_schema(path).names)
+    return pd.read_parquet(path, columns=[c for c in wanted if c in names])
 
 
 def _segments(settings: Settings) -> pd.Series | None:
@@ -56,8 +69,9 @@ def train_recommender(settings: Settings, *, promote: bool = True, horizon_days:
     v = settings.validated_dir
     if not (v / "transactions.parquet").exists():
         raise StoreError(f"no validated transactions in {v}: run `custops data ingest` first")
-    tx = pd.read_parquet(v / "transactions.parquet")
-    ix = pd.read_parquet(v / "interactions.parquet") if (v / "interactions.parquet").exists() else None
+    tx = _read_columns(v / "transactions.parquet", TRANSACTION_COLUMNS)
+    ix_path = v / "interactions.parquet"
+    ix = _read_columns(ix_path, INTERACTION_COLUMNS) if ix_path.exists() else None
     products = pd.read_parquet(v / "products.parquet") if (v / "products.parquet").exists() else None
     segments = _segments(settings)
     end = tx["timestamp"].max().normalize() + pd.Timedelta(days=1)
@@ -65,14 +79,17 @@ def train_recommender(settings: Settings, *, promote: bool = True, horizon_days:
     train_tx, test_tx = time_split(tx, cutoff, horizon_days=horizon_days)
     train_ix = ix[ix["timestamp"] < cutoff] if ix is not None else None
     catalogue = products["product_id"].nunique() if products is not None else tx["product_id"].nunique()
+    cf = Recommender().fit(train_tx, train_ix, products, segments, as_of=cutoff)
+    # The CF model's fallback is segment popularity fitted on the same purchases (the same
+    # parameters as PopularityRecommender(by_segment=True)): the baselines reuse it, no refit.
+    segment_popularity: PopularityRecommender = cf.fallback_
     models = {
-        "item_item_cf": Recommender(),
-        "global_popularity": PopularityRecommender(by_segment=False),
-        "segment_popularity": PopularityRecommender(by_segment=True),
+        "item_item_cf": cf,
+        "global_popularity": segment_popularity.without_segments(),
+        "segment_popularity": segment_popularity,
     }
-    for m in models.values():
-        m.fit(train_tx, train_ix, products, segments, as_of=cutoff)
-    table = evaluate_recommenders(models, train_tx, test_tx, k=K, catalogue_size=catalogue, exclude_purchased=(True,))
+    evaluate = {"k": K, "catalogue_size": catalogue, "exclude_purchased": (True,), "max_users": EVAL_CUSTOMERS}
+    table = evaluate_recommenders(models, train_tx, test_tx, **evaluate, seed=settings.seed)
     rows = {
         r["model"]: {k: float(v) for k, v in r.items() if k not in ("model", "exclude_purchased")}
         for r in table.to_dict(orient="records")
@@ -84,9 +101,7 @@ def train_recommender(settings: Settings, *, promote: bool = True, horizon_days:
     if registry.alias_version(TASK, CHAMPION) is not None:
         champ = registry.load(TASK, CHAMPION)
         if getattr(champ, "as_of_", cutoff) <= cutoff:  # a champion fitted on later data cannot be backtested here
-            champ_table = evaluate_recommenders(
-                {"champion": champ}, train_tx, test_tx, k=K, catalogue_size=catalogue, exclude_purchased=(True,)
-            )
+            champ_table = evaluate_recommenders({"champion": champ}, train_tx, test_tx, **evaluate, seed=settings.seed)
             champion_metric = float(champ_table[PRIMARY].iloc[0])
     decision = quality_gate(
         primary_metric=PRIMARY,

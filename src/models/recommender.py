@@ -46,7 +46,7 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.preprocessing import normalize
 from sklearn.utils.validation import check_is_fitted
 
@@ -506,6 +506,22 @@ class PopularityRecommender(_BaseRecommender):
         self.segment_orders_ = tuple(self._order(s) for s in scores)
         return self
 
+    def without_segments(self) -> PopularityRecommender:
+        """The global-popularity model of the same fit (what `by_segment=False` would learn), without refitting.
+
+        Popularity per item does not depend on segments, so the segment model already holds it; the
+        pipeline gets both baselines from one pass over the events (13 s at 1M customers).
+        """
+        check_is_fitted(self, "catalogue_")
+        out = clone(self).set_params(by_segment=False)
+        for name, value in vars(self).items():
+            if name.endswith("_") and not name.startswith("_"):
+                setattr(out, name, value)
+        out.segment_labels_, out.segment_index_, out.customer_segment_ = (), {}, {}
+        out.segment_scores_ = np.zeros((0, len(self.global_scores_)))
+        out.segment_orders_ = ()
+        return out
+
     @staticmethod
     def _order(scores: np.ndarray) -> np.ndarray:
         positive = np.flatnonzero(scores > 0)
@@ -810,16 +826,23 @@ def evaluate_recommenders(
     k: int = 10,
     catalogue_size: int,
     exclude_purchased: Sequence[bool] = (True, False),
+    max_users: int | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Accuracy, catalogue coverage and diversity of fitted models on a time split, one row per model and setting.
 
     Relevant items = products a customer bought in `test_tx`; with exclude_purchased=True minus
-    those they bought in `train_tx` (customers left with none are not evaluated). Precision@k
+    those they bought in `train_tx` (customers left with none are not evaluated). With `max_users`,
+    a seeded sample of that many of those customers is evaluated (the same sample for every
+    model; `n_users` says how many): at 1M customers scoring every test customer one by one
+    took ~65 s, while 20,000 customers put the standard error of NDCG@10 near 0.002. Precision@k
     divides by k; recall@k by the number of relevant items; NDCG@k uses binary gains; MAP@k
     normalises by min(k, relevant). Coverage = distinct recommended products / catalogue_size;
     diversity = mean share of pairs of recommended products in different categories.
     """
     _check_k(k)
+    if max_users is not None and max_users < 1:
+        raise ValueError(f"max_users must be >= 1 (or None for every customer), got {max_users}")
     if catalogue_size < 1:
         raise ValueError(f"catalogue_size must be >= 1, got {catalogue_size}")
     test = test_tx[test_tx["customer_id"].notna() & test_tx["product_id"].notna()]
@@ -831,7 +854,7 @@ def evaluate_recommenders(
         if model.as_of_ > first_test:
             raise ValueError(f"model {name!r} was fitted with as_of {model.as_of_} after the test window starts")
     bought_test = test.groupby("customer_id", sort=True)["product_id"].agg(set)
-    train = train_tx[train_tx["customer_id"].notna() & train_tx["product_id"].notna()]
+    train = train_tx[train_tx["product_id"].notna() & train_tx["customer_id"].isin(bought_test.index)]
     if "status" in train.columns:
         train = train[train["status"].astype(str).str.lower() == _PURCHASE]
     bought_before = train.groupby("customer_id")["product_id"].agg(set)
@@ -840,6 +863,10 @@ def evaluate_recommenders(
     for flag in exclude_purchased:
         relevant = {c: items - bought_before.get(c, set()) if flag else items for c, items in bought_test.items()}
         relevant = {c: r for c, r in relevant.items() if r}
+        if max_users is not None and len(relevant) > max_users:
+            users = list(relevant)
+            picked = np.sort(np.random.default_rng(seed).choice(len(users), size=max_users, replace=False))
+            relevant = {users[i]: relevant[users[i]] for i in picked}
         for name, model in models.items():
             recs = model.recommend_batch(list(relevant), k, exclude_purchased=flag)
             metrics = [_list_metrics(recs[c], relevant[c], k, discounts) for c in relevant]

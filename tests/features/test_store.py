@@ -115,3 +115,68 @@ def test_describe_lists_features_with_stats(hand_validated: Path, store: Offline
     assert desc.loc["revenue_total", "view"] == "customer_lifetime_transactions"
     assert desc.loc["country", "null_pct"] == pytest.approx(100 / 3, rel=1e-3)
     assert desc.loc["label_churn_90d", "description"].startswith("1 if")
+
+
+# ---------------------------------------------------------------- filtered, sampled reads (training at scale)
+
+
+@pytest.fixture
+def big_snapshot(store: OfflineStore):
+    """3 cutoffs x 1,000 customers in shuffled order and many row groups; label missing for one in five."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    df = pd.DataFrame(
+        {
+            "customer_id": [f"C{i % 1000:04d}" for i in range(n)],
+            "cutoff": pd.to_datetime(np.repeat(["2024-01-01", "2024-02-01", "2024-03-01"], 1000)),
+            "n_orders": rng.integers(0, 3, n),
+            "x": rng.normal(size=n),
+            "label": np.where(rng.random(n) < 0.2, np.nan, rng.integers(0, 2, n)),
+        }
+    ).sample(frac=1.0, random_state=1)
+
+    def write(path: Path) -> None:
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=256)
+
+    snap = store.write("fs-20240101T000000-0123abcd", write, {"cutoffs": ["2024-01-01", "2024-02-01", "2024-03-01"]})
+    return snap, df
+
+
+def test_filtered_read_matches_pandas_and_counts(big_snapshot) -> None:
+    import pyarrow.compute as pc
+
+    snap, df = big_snapshot
+    where = pc.field("label").is_valid() & (pc.field("n_orders") > 0)
+    expected = df[df["label"].notna() & (df["n_orders"] > 0)]
+    counts = snap.count_rows(where)
+    assert counts == {pd.Timestamp(c): n for c, n in expected.groupby("cutoff").size().items()}
+    got = snap.read(["customer_id", "cutoff", "x"], cutoffs=["2024-02-01"], where=where)
+    want = expected[expected["cutoff"] == "2024-02-01"].sort_values("customer_id")[["customer_id", "cutoff", "x"]]
+    pd.testing.assert_frame_equal(got, want.reset_index(drop=True))
+
+
+def test_sampled_read_caps_each_cutoff_reproducibly(big_snapshot) -> None:
+    import pyarrow.compute as pc
+
+    snap, df = big_snapshot
+    where = pc.field("label").is_valid()
+    sample = {"2024-01-01": 100, "2024-02-01": 250}  # 2024-03-01 not listed: read in full
+    a = snap.read(["customer_id", "cutoff", "label"], where=where, sample=sample, seed=7)
+    per_cutoff = a.groupby("cutoff").size()
+    assert per_cutoff[pd.Timestamp("2024-01-01")] == 100 and per_cutoff[pd.Timestamp("2024-02-01")] == 250
+    assert per_cutoff[pd.Timestamp("2024-03-01")] == snap.count_rows(where)[pd.Timestamp("2024-03-01")]
+    assert a["label"].notna().all() and not a.duplicated(["customer_id", "cutoff"]).any()
+    pd.testing.assert_frame_equal(a, snap.read(["customer_id", "cutoff", "label"], where=where, sample=sample, seed=7))
+    other = snap.read(["customer_id", "cutoff", "label"], where=where, sample=sample, seed=8)
+    first = a["customer_id"][a["cutoff"] == "2024-01-01"]
+    assert set(other["customer_id"][other["cutoff"] == "2024-01-01"]) != set(first)
+    # a cutoff's sample does not depend on the other cutoffs' caps
+    alone = snap.read(["customer_id"], cutoffs=["2024-01-01"], where=where, sample={"2024-01-01": 100}, seed=7)
+    assert alone["customer_id"].tolist() == first.tolist()
+    # no row matches: an empty frame with the asked columns
+    none = snap.read(["customer_id", "x"], where=pc.field("n_orders") > 5)
+    assert none.empty and list(none.columns) == ["customer_id", "x"]

@@ -136,3 +136,22 @@ def test_propensity_learns_one_model_per_category(frame: pd.DataFrame) -> None:
     # the overall model is unchanged by the category models
     plain = small(PropensityModel).fit(frame[FEATURES], frame["y"], cutoff=frame["cutoff"])
     np.testing.assert_array_equal(plain.predict_proba(frame[FEATURES]), model.predict_proba(frame[FEATURES]))
+
+
+def test_category_models_share_the_encoding_and_learn_from_a_seeded_sample(frame: pd.DataFrame) -> None:
+    targets = pd.DataFrame({"label_cat_x": (frame["signal"] > 0.5).astype(int)})
+    X, y, cut = frame[FEATURES], frame["y"], frame["cutoff"]
+    full = small(PropensityModel, category_max_rows=None).fit(X, y, cutoff=cut, category_targets=targets)
+    sampled = small(PropensityModel, category_max_rows=600).fit(X, y, cutoff=cut, category_targets=targets)
+    assert sampled.category_models_["label_cat_x"].encoder_ is sampled.encoder_  # encoded once
+    p_full = full.predict_categories(X)["label_cat_x"]
+    p_sampled = sampled.predict_categories(X)["label_cat_x"]
+    assert not np.allclose(p_full, p_sampled)  # really fitted on other rows
+    assert roc_auc_score(targets["label_cat_x"], p_sampled) > 0.9
+    again = small(PropensityModel, category_max_rows=600).fit(X, y, cutoff=cut, category_targets=targets)
+    np.testing.assert_array_equal(again.predict_categories(X)["label_cat_x"], p_sampled)
+    # a cap above the row count is no cap; the main model never depends on it
+    roomy = small(PropensityModel, category_max_rows=5000).fit(X, y, cutoff=cut, category_targets=targets)
+    np.testing.assert_array_equal(roomy.predict_categories(X)["label_cat_x"], p_full)
+    np.testing.assert_array_equal(sampled.predict_proba(X), full.predict_proba(X))
+    assert clone(sampled).get_params()["category_max_rows"] == 600

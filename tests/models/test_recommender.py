@@ -353,3 +353,42 @@ def test_time_split_keeps_only_test_window_purchases(demo: dict[str, pd.DataFram
     assert train["timestamp"].max() < pd.Timestamp("2025-11-01")
     assert test["timestamp"].between(pd.Timestamp("2025-11-01"), pd.Timestamp("2025-11-10 23:59:59")).all()
     assert set(test["status"]) == {"purchase"}
+
+
+# ---------------------------------------------------------------------------------------------- at scale
+
+
+def test_cf_fallback_doubles_as_both_popularity_baselines(
+    demo: dict[str, pd.DataFrame], split: tuple[pd.DataFrame, pd.DataFrame], value_tiers: pd.Series, model: Recommender
+) -> None:
+    train, test = split
+    fitted = {
+        "global": PopularityRecommender(by_segment=False).fit(train, products=demo["products"], as_of=CUTOFF),
+        "segment": PopularityRecommender().fit(train, products=demo["products"], segments=value_tiers, as_of=CUTOFF),
+    }
+    reused = {"global": model.fallback_.without_segments(), "segment": model.fallback_}
+    assert reused["global"].get_params()["by_segment"] is False and reused["global"].segment_labels_ == ()
+    kw = {"k": 10, "catalogue_size": len(demo["products"])}
+    pd.testing.assert_frame_equal(
+        evaluate_recommenders(fitted, train, test, **kw), evaluate_recommenders(reused, train, test, **kw)
+    )
+    assert model.fallback_.segment_labels_  # the segment model itself is untouched
+
+
+def test_evaluation_on_a_seeded_sample_of_customers(
+    split: tuple[pd.DataFrame, pd.DataFrame], model: Recommender
+) -> None:
+    train, test = split
+    kw = {"k": 10, "catalogue_size": 300, "exclude_purchased": (True,)}
+    everyone = evaluate_recommenders({"cf": model}, train, test, **kw)
+    sampled = evaluate_recommenders({"cf": model}, train, test, **kw, max_users=150, seed=1)
+    assert sampled["n_users"].iloc[0] == 150 < everyone["n_users"].iloc[0]
+    again = evaluate_recommenders({"cf": model}, train, test, **kw, max_users=150, seed=1)
+    pd.testing.assert_frame_equal(sampled, again)
+    other = evaluate_recommenders({"cf": model}, train, test, **kw, max_users=150, seed=2)
+    assert other["ndcg@10"].iloc[0] != sampled["ndcg@10"].iloc[0]
+    assert abs(sampled["ndcg@10"].iloc[0] - everyone["ndcg@10"].iloc[0]) < 0.08
+    roomy = evaluate_recommenders({"cf": model}, train, test, **kw, max_users=10**6)
+    pd.testing.assert_frame_equal(roomy, everyone)
+    with pytest.raises(ValueError, match="max_users must be >= 1"):
+        evaluate_recommenders({"cf": model}, train, test, **kw, max_users=0)
