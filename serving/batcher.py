@@ -1,10 +1,11 @@
 """Request coalescing: concurrent requests' keys are handled by one call in one background thread.
 
 Scoring one customer costs about as much fixed overhead (encoding, booster calls) as scoring fifty,
-so under load the worker takes every request queued while it was busy (optionally waiting
-`max_wait_s` for more) and runs `fn` once on the union of their keys. At low load a request
-runs alone with no added wait; results are row-wise, so they do not depend on the company a key
-keeps. Every caller gets the whole result of its batch (or the batch's exception) via a future.
+so under load the worker takes every request queued while it was busy and runs `fn` once on the
+union of their keys. It waits up to `max_wait_s` for more only while the previous call served
+several requests (a sign of concurrent load): at low load a request runs alone with no added wait.
+Results are row-wise, so they do not depend on the company a key keeps. Every caller gets the
+whole result of its batch (or the batch's exception) via a future.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class MicroBatcher(Generic[R]):
         self._thread.start()
         self.calls = 0
         self.requests = 0
+        self._last_batch = 0  # requests served by the previous call
 
     def submit(self, keys: Sequence[str]) -> concurrent.futures.Future[R]:
         """Queue one request's keys; the future resolves to `fn`'s result for a superset of them."""
@@ -60,7 +62,8 @@ class MicroBatcher(Generic[R]):
 
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
         jobs, n = [first], len(first.keys)
-        deadline = time.monotonic() + self.max_wait_s
+        patience = self.max_wait_s if self._last_batch > 1 else 0.0
+        deadline = time.monotonic() + patience
         while n < self.max_keys:
             wait = deadline - time.monotonic()
             try:
@@ -80,6 +83,7 @@ class MicroBatcher(Generic[R]):
             if first is _STOP:
                 break
             jobs, stopping = self._collect(first)
+            self._last_batch = len(jobs)
             keys = list(dict.fromkeys(k for job in jobs for k in job.keys))
             self.calls += 1
             self.requests += len(jobs)

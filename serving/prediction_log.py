@@ -19,11 +19,12 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,55 @@ _INSERT = (
 )
 
 
+class FrameInputs:
+    """The model inputs of a scored frame's rows, serialised by the log writer rather than the request thread.
+
+    Records of one coalesced batch share one instance; the first `json()` call turns every row into
+    a JSON object `{feature: value}` (NaN as null) and drops the frame.
+    """
+
+    def __init__(self, frame: pd.DataFrame, columns: Sequence[str]):
+        self._columns = [c for c in columns if c in frame.columns]
+        self._frame: pd.DataFrame | None = frame
+        self._json: list[str] | None = None
+
+    def row(self, position: int) -> FrameRow:
+        return FrameRow(self, position)
+
+    def json(self, position: int) -> str:
+        if self._json is None:
+            assert self._frame is not None
+            where = self._frame.columns.get_indexer(self._columns)
+            block = self._frame.to_numpy(dtype=object)[:, where].tolist()  # a view for the service's object frames
+            columns = self._columns
+            self._json = [json.dumps(dict(zip(columns, map(_json_value, values), strict=True))) for values in block]
+            self._frame = None
+        return self._json[position]
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    """One row of `FrameInputs`."""
+
+    inputs: FrameInputs
+    position: int
+
+    def to_json(self) -> str:
+        return self.inputs.json(self.position)
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
 @dataclass(frozen=True)
 class PredictionRecord:
     """One served prediction: which request, customer and models, and what was answered."""
@@ -61,7 +111,7 @@ class PredictionRecord:
     snapshot_id: str | None
     model_versions: Mapping[str, str]
     prediction: Any  # a pydantic model or anything JSON-serialisable
-    inputs: Mapping[str, Any] | None = None
+    inputs: Mapping[str, Any] | FrameRow | None = None  # the model's input features (monitoring reads them)
     logged_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
     def row(self, pid: int) -> tuple[Any, ...]:
@@ -70,6 +120,13 @@ class PredictionRecord:
             prediction_json = prediction.model_dump_json()
         else:
             prediction_json = json.dumps(prediction, default=str)
+        inputs = self.inputs
+        if inputs is None:
+            inputs_json = None
+        elif isinstance(inputs, FrameRow):
+            inputs_json = inputs.to_json()
+        else:
+            inputs_json = json.dumps(inputs, default=str)
         return (
             self.logged_at.isoformat(timespec="microseconds"),
             self.request_id,
@@ -78,7 +135,7 @@ class PredictionRecord:
             self.status,
             self.snapshot_id,
             json.dumps(dict(self.model_versions), sort_keys=True),
-            None if self.inputs is None else json.dumps(self.inputs, default=str),
+            inputs_json,
             prediction_json,
             pid,
         )

@@ -15,6 +15,14 @@ import numpy as np
 import pandas as pd
 
 CATEGORICAL_DTYPES = ("object", "string", "category", "bool")
+SMALL_FRAME = 1000  # up to this many rows, category codes come from a dict lookup (faster than pandas)
+
+
+def _numeric(values: pd.Series, column: str) -> np.ndarray:
+    try:
+        return pd.to_numeric(values, errors="raise").astype(np.float64).to_numpy(na_value=np.nan)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"feature {column!r} must be numeric: {e}") from None
 
 
 @dataclass
@@ -44,20 +52,72 @@ class FrameEncoder:
         return [i for i, c in enumerate(self.columns) if c in self.categories]
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
-        """Encode; missing columns are an error naming them, extra columns are ignored."""
+        """Encode; missing columns are an error naming them, extra columns are ignored.
+
+        Numbers are converted as one block and categories through a cached code lookup: per-column
+        pandas conversions cost ~4 ms for one row (the scoring endpoint's common case) against ~0.3 ms.
+        """
         missing = [c for c in self.columns if c not in X.columns]
         if missing:
             raise ValueError(f"feature frame lacks columns {missing}")
+        numeric_pos, numeric_cols, categorical = self._layout()
         out = np.empty((len(X), len(self.columns)), dtype=np.float64)
-        for j, c in enumerate(self.columns):
-            col = X[c]
-            if c in self.categories:
-                codes = pd.Categorical(col.astype("string"), categories=self.categories[c]).codes.astype(np.float64)
-                codes[codes < 0] = np.nan
-                out[:, j] = codes
-            else:
-                out[:, j] = pd.to_numeric(col, errors="raise").astype(np.float64).to_numpy(na_value=np.nan)
+        if len(X) <= SMALL_FRAME and X.columns.is_unique:
+            # A few rows (serving): one object matrix, sliced by position, beats selecting sub-frames.
+            values = X.to_numpy(dtype=object)
+            where = X.columns.get_indexer(self.columns)
+            try:
+                out[:, numeric_pos] = values[:, where[numeric_pos]].astype(np.float64)  # None -> NaN
+            except (TypeError, ValueError):  # pd.NA or a non-numeric cell: the per-column path names it
+                self._numeric_block(X, numeric_pos, numeric_cols, out)
+            for j, c in categorical:
+                out[:, j] = self._codes(c, values[:, where[j]])
+            return out
+        if numeric_cols:
+            self._numeric_block(X, numeric_pos, numeric_cols, out)
+        for j, c in categorical:
+            out[:, j] = self._codes(c, X[c])
         return out
+
+    @staticmethod
+    def _numeric_block(X: pd.DataFrame, positions: list[int], columns: list[str], out: np.ndarray) -> None:
+        try:
+            out[:, positions] = X[columns].to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):  # a non-numeric cell somewhere: convert per column to name it
+            for j, c in zip(positions, columns, strict=True):
+                out[:, j] = _numeric(X[c], c)
+
+    def _layout(self) -> tuple[list[int], list[str], list[tuple[int, str]]]:
+        """Positions and names of the numeric columns, and (position, name) of the categorical ones."""
+        layout = self.__dict__.get("_layout_cache")  # not a dataclass field: pickles of old encoders lack it
+        if layout is None:
+            numeric = [(j, c) for j, c in enumerate(self.columns) if c not in self.categories]
+            layout = (
+                [j for j, _ in numeric],
+                [c for _, c in numeric],
+                [(j, c) for j, c in enumerate(self.columns) if c in self.categories],
+            )
+            self.__dict__["_layout_cache"] = layout
+        return layout
+
+    def _codes(self, column: str, values: pd.Series | np.ndarray) -> np.ndarray:
+        """Category codes as floats (NaN for missing or unseen values), like `pd.Categorical(...).codes`."""
+        if len(values) > SMALL_FRAME:
+            codes = pd.Categorical(pd.Series(values).astype("string"), categories=self.categories[column]).codes
+            out = codes.astype(np.float64)
+            out[codes < 0] = np.nan
+            return out
+        lookups = self.__dict__.setdefault("_lookup_cache", {})
+        lookup = lookups.get(column)
+        if lookup is None:
+            lookup = lookups[column] = {v: float(i) for i, v in enumerate(self.categories[column])}
+        raw = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else values
+        absent = pd.isna(raw)
+        keys = [None if gone else v if type(v) is str else str(v) for v, gone in zip(raw, absent, strict=True)]
+        return np.array([lookup.get(k, np.nan) for k in keys], dtype=np.float64)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_cache")}
 
     def decode(self, column: str, value: float) -> str:
         """Human-readable value of one encoded cell."""
@@ -116,9 +176,10 @@ def top_reasons(
     k: int = 3,
     direction: int = 1,
     descriptions: dict[str, str] | None = None,
+    num_threads: int = 1,
 ) -> list[list[Reason]]:
     """The k features pushing each prediction most in `direction` (+1 up, -1 down), via pred_contrib."""
-    contrib = booster.predict(X, pred_contrib=True)[:, :-1]  # last column is the bias
+    contrib = booster.predict(X, pred_contrib=True, num_threads=num_threads)[:, :-1]  # last column is the bias
     order = np.argsort(-direction * contrib, axis=1)[:, :k]
     out = []
     for i in range(X.shape[0]):

@@ -18,7 +18,7 @@ from tests.conftest import MODEL_TEST_CUSTOMERS, copy_feature_store, model_test_
 
 pytestmark = pytest.mark.slow
 
-COLUMNS = [
+HEAD = [
     "customer_id",
     "status",
     "cutoff",
@@ -26,6 +26,8 @@ COLUMNS = [
     "risk_band",
     "clv_365d",
     "purchase_propensity_30d",
+]
+TAIL = [
     "rfm_segment",
     "value_tier",
     "lifecycle_stage",
@@ -38,15 +40,30 @@ COLUMNS = [
 
 
 @pytest.fixture(scope="module")
+def category_columns(trained: tuple[Settings, dict]) -> list[str]:
+    """One propensity column per category the champion propensity model has a model for."""
+    model = Registry(trained[0]).load("propensity", CHAMPION)
+    assert model.category_models_, "the test data should give the propensity model per-category models"
+    return [f"purchase_propensity_30d_cat_{scoring.category_name(label)}" for label in model.category_models_]
+
+
+@pytest.fixture(scope="module")
+def columns(category_columns: list[str]) -> list[str]:
+    return [*HEAD, *category_columns, *TAIL]
+
+
+@pytest.fixture(scope="module")
 def scores(trained: tuple[Settings, dict]) -> pd.DataFrame:
     settings, _ = trained
     return scoring.score(settings)
 
 
-def test_every_customer_is_scored_at_the_latest_cutoff(trained: tuple[Settings, dict], scores: pd.DataFrame) -> None:
+def test_every_customer_is_scored_at_the_latest_cutoff(
+    trained: tuple[Settings, dict], scores: pd.DataFrame, columns: list[str]
+) -> None:
     settings, results = trained
     snap = OfflineStore(settings.offline_store_dir).get()
-    assert list(scores.columns) == COLUMNS
+    assert list(scores.columns) == columns
     assert len(scores) == MODEL_TEST_CUSTOMERS and scores["customer_id"].is_unique
     assert (scores["status"] == "ok").all()
     assert (scores["cutoff"] == pd.Timestamp(max(snap.manifest["cutoffs"]))).all()
@@ -66,6 +83,36 @@ def test_prospects_get_no_churn_or_value_score(scores: pd.DataFrame) -> None:
     assert (buyers["clv_365d"] >= 0).all()
     assert buyers["churn_top_reasons"].notna().mean() > 0.95
     assert scores["purchase_propensity_30d"].between(0, 1).all()  # everyone can buy
+
+
+def test_per_category_propensity_matches_the_category_models(
+    trained: tuple[Settings, dict], scores: pd.DataFrame, category_columns: list[str]
+) -> None:
+    settings, _ = trained
+    model = Registry(settings).load("propensity", CHAMPION)
+    rows = scoring.scoring_rows(OfflineStore(settings.offline_store_dir).get(), scoring.load_champions(settings))
+    expected = model.predict_categories(rows)
+    for label, column in zip(model.category_models_, category_columns, strict=True):
+        np.testing.assert_allclose(scores[column].to_numpy(), expected[label].to_numpy(), rtol=0, atol=1e-12)
+        assert scores[column].between(0, 1).all() and scores[column].nunique() > 10  # everyone, and not constant
+
+
+def test_churn_reasons_name_the_customer_values_the_model_read(
+    trained: tuple[Settings, dict], scores: pd.DataFrame
+) -> None:
+    settings, _ = trained
+    champions = scoring.load_champions(settings)
+    rows = scoring.scoring_rows(OfflineStore(settings.offline_store_dir).get(), champions)
+    buyers = rows[rows["n_orders"] > 0].head(20).reset_index(drop=True)
+    predicted = scoring.predict_rows(buyers, champions)
+    text = scores.set_index("customer_id").loc[buyers["customer_id"], "churn_top_reasons"].tolist()
+    for reasons, line in zip(predicted.churn_reasons, text, strict=True):
+        assert reasons and len(reasons) <= 3
+        assert [r.contribution for r in reasons] == sorted((r.contribution for r in reasons), reverse=True)
+        assert line == "; ".join(f"{r.feature} = {r.value}" for r in reasons)
+    without = scoring.predict_rows(buyers, champions, reasons_k=0)
+    assert without.churn_reasons == [None] * len(buyers)
+    np.testing.assert_array_equal(without.churn_probability, predicted.churn_probability)
 
 
 def test_risk_band_follows_the_configured_thresholds(trained: tuple[Settings, dict], scores: pd.DataFrame) -> None:
@@ -111,18 +158,18 @@ def test_a_list_of_buyers_only_is_scored_like_the_full_batch(
     pd.testing.assert_frame_equal(some, expected)
 
 
-def test_only_unknown_ids_still_returns_rows(trained: tuple[Settings, dict]) -> None:
+def test_only_unknown_ids_still_returns_rows(trained: tuple[Settings, dict], columns: list[str]) -> None:
     settings, _ = trained
     out = scoring.score(settings, ["x1", "x2"])
     assert out["status"].tolist() == ["not_found", "not_found"]
-    assert list(out.columns) == COLUMNS
+    assert list(out.columns) == columns
 
 
 @pytest.mark.parametrize("name", ["scores.parquet", "scores.csv"])
-def test_scores_are_written_by_suffix(scores: pd.DataFrame, tmp_path: Path, name: str) -> None:
+def test_scores_are_written_by_suffix(scores: pd.DataFrame, tmp_path: Path, name: str, columns: list[str]) -> None:
     path = scoring.write_scores(scores.head(50), tmp_path / "out" / name)
     back = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
-    assert list(back.columns) == COLUMNS and len(back) == 50
+    assert list(back.columns) == columns and len(back) == 50
     np.testing.assert_allclose(back["churn_probability"], scores["churn_probability"].head(50))
     assert [p.name for p in path.parent.iterdir()] == [name]  # no temp file left behind
 

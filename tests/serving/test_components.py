@@ -8,10 +8,12 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from custops.serving.batcher import MicroBatcher
-from custops.serving.prediction_log import PredictionLog, PredictionRecord, read_predictions
+from custops.serving.prediction_log import FrameInputs, PredictionLog, PredictionRecord, read_predictions
 
 
 def test_coalesced_callers_each_get_a_result_covering_their_keys() -> None:
@@ -33,6 +35,43 @@ def test_coalesced_callers_each_get_a_result_covering_their_keys() -> None:
     batcher.close()
     with pytest.raises(RuntimeError, match="stopped"):
         batcher.submit(["late"]).result(1)
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    """The coalescing wait applies only while requests arrive together; one request alone runs at once."""
+    batcher = MicroBatcher(lambda keys: list(keys), max_keys=100, max_wait_s=30.0)
+    try:
+        for i in range(3):
+            assert batcher.submit([f"k{i}"]).result(5) == [f"k{i}"]  # a 30 s wait would time out here
+    finally:
+        batcher.close()
+
+
+def test_frame_inputs_become_json_objects_with_nulls(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["a", "b"],
+            "n_orders": np.array([3, 0], dtype="int64"),
+            "recency_days": [12.5, np.nan],
+            "country": ["DE", None],
+            "unused": [1, 2],
+        }
+    )
+    inputs = FrameInputs(frame, ["n_orders", "recency_days", "country", "not_in_frame"])
+    path = tmp_path / "predictions.sqlite"
+    log = PredictionLog(path).start()
+    log.append(
+        [
+            PredictionRecord(f"r{i}", "score", cid, "ok", None, {"churn": "1"}, {"p": 0.5}, inputs=inputs.row(i))
+            for i, cid in enumerate(frame["customer_id"])
+        ]
+    )
+    log.close()
+    logged = read_predictions(path)
+    assert [json.loads(v) for v in logged["inputs"]] == [
+        {"n_orders": 3, "recency_days": 12.5, "country": "DE"},
+        {"n_orders": 0, "recency_days": None, "country": None},
+    ]
 
 
 def test_a_failing_batch_fails_each_of_its_callers() -> None:
@@ -94,3 +133,28 @@ def test_without_models_the_service_starts_unready_and_says_why(
         assert "custops train" in json.loads(response.body)["error"]
     finally:
         service.shutdown()
+
+
+def test_every_endpoint_documents_an_example() -> None:
+    """The OpenAPI page shows a filled-in request and response for each of the service's own endpoints."""
+    from custops.serving.service import CustopsService
+
+    spec = CustopsService.openapi_spec.asdict()
+    schemas = spec["components"]["schemas"]
+
+    def example(part: dict) -> object:
+        """The example of a requestBody content or of the 200 response (BentoML keys it 200, FastAPI "200")."""
+        content = part.get(200) or part.get("200") or part
+        schema = content.get("content", content)["application/json"]["schema"]
+        if "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+        return schema.get("example")
+
+    for path in ("/score", "/score_features", "/recommend"):
+        op = spec["paths"][path]["post"]
+        assert example(op["requestBody"]["content"]), path
+        assert example(op["responses"]), path
+    assert example(spec["paths"]["/admin/reload"]["post"]["responses"])
+    assert example(spec["paths"]["/metadata"]["get"]["responses"])
+    score = example(spec["paths"]["/score"]["post"]["responses"])
+    assert {"propensity_by_category", "churn_top_reasons"} <= set(score["items"][0])  # type: ignore[index]

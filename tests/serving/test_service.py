@@ -60,11 +60,22 @@ def assert_item_matches(item: dict, row: pd.Series, settings: Settings) -> None:
         "rfm_segment": row["rfm_segment"],
         "value_tier": row["value_tier"],
         "lifecycle_stage": row["lifecycle_stage"],
-        "churn_top_reasons": row["churn_top_reasons"],
         "snapshot_id": row["snapshot_id"],
     }
     for name, value in expected.items():
         assert _same(item[name], value), f"{row['customer_id']} {name}: served {item[name]!r}, batch {value!r}"
+    reasons = item["churn_top_reasons"]
+    served_text = "; ".join(f"{r['feature']} = {r['value']}" for r in reasons) if reasons else None
+    assert _same(served_text, row["churn_top_reasons"]), (served_text, row["churn_top_reasons"])
+    prefix = f"purchase_propensity_{fs.propensity_horizon_days}d_cat_"
+    by_category = {c.removeprefix(prefix): row[c] for c in row.index if c.startswith(prefix)}
+    assert by_category, "batch scores should carry per-category propensity columns"
+    if row["status"] == "ok":
+        assert set(item["propensity_by_category"]) == set(by_category)
+        for category, value in by_category.items():
+            assert _same(item["propensity_by_category"][category], value), category
+    else:
+        assert item["propensity_by_category"] is None
     assert pd.Timestamp(item["cutoff"]) == row["cutoff"]
     assert item["model_versions"] == {t: row[f"{t}_model_version"] for t in TASKS}
     assert item["clv_horizon_days"] == fs.value_horizon_days
@@ -125,6 +136,20 @@ def test_score_equals_batch_scoring_for_the_same_snapshot(
     prospects = [i for i in items if i["lifecycle_stage"] == "prospect"]
     assert prospects and all(i["churn_probability"] is None and i["clv"] is None for i in prospects)
     assert all(i["purchase_propensity"] is not None for i in items if i["status"] == "ok")
+    buyer = next(i for i in items if i["churn_probability"] is not None)
+    for reason in buyer["churn_top_reasons"]:
+        assert set(reason) == {"feature", "value", "contribution", "text"} and reason["contribution"] > 0
+        assert reason["value"] in reason["text"] and "raises" in reason["text"]
+
+
+def test_reasons_can_be_left_out(client: httpx.Client, sample_ids: list[str]) -> None:
+    with_reasons = client.post("/score", json={"customer_ids": sample_ids[:5]}).json()["items"]
+    r = client.post("/score", json={"customer_ids": sample_ids[:5], "include_reasons": False})
+    assert r.status_code == 200, r.text
+    for plain, full in zip(r.json()["items"], with_reasons, strict=True):
+        assert plain["churn_top_reasons"] is None
+        assert plain["churn_probability"] == full["churn_probability"]
+        assert plain["propensity_by_category"] == full["propensity_by_category"]
 
 
 def test_unknown_customer_is_a_not_found_item_and_duplicates_are_scored_once(
@@ -192,8 +217,10 @@ def test_score_features_equals_scoring_the_stored_features(
     assert r.status_code == 200, r.text
     for item in r.json()["items"]:
         stored = by_id[item["customer_id"]]
-        for name in ("churn_probability", "clv", "purchase_propensity", "risk_band", "churn_top_reasons"):
+        for name in ("churn_probability", "clv", "purchase_propensity", "risk_band"):
             assert _same(item[name], stored[name]), name
+        assert item["churn_top_reasons"] == stored["churn_top_reasons"]
+        assert item["propensity_by_category"] == pytest.approx(stored["propensity_by_category"], abs=1e-12)
         assert item["model_versions"] == stored["model_versions"] and item["snapshot_id"] is None
 
 
@@ -310,24 +337,45 @@ def test_unknown_path_and_wrong_method_are_4xx(client: httpx.Client) -> None:
 # ----------------------------------------------------------------------------------- operations
 
 
-def test_every_prediction_is_logged(server: Server, client: httpx.Client, sample_ids: list[str]) -> None:
+def test_every_prediction_is_logged(
+    server: Server, client: httpx.Client, sample_ids: list[str], serving_settings: Settings
+) -> None:
     ids = [*sample_ids[:4], "ghost-log"]
     body = client.post("/score", json={"customer_ids": ids}).json()
     rec = client.post("/recommend", json={"customer_id": ids[0], "k": 3}).json()
-    wanted = {body["request_id"], rec["request_id"]}
+    sent = _feature_rows(client.get("/metadata").json(), serving_settings, ids[:2])
+    sent[1] = {k: v for k, v in sent[1].items() if k in ("customer_id", "n_orders", "recency_days")}  # the rest missing
+    features = client.post("/score_features", json={"rows": sent}).json()
+    wanted = {body["request_id"], rec["request_id"], features["request_id"]}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # the writer thread appends shortly after the response
         logged = read_predictions(server.log_db)
         logged = logged[logged["request_id"].isin(wanted)]
-        if len(logged) == len(ids) + 1:
+        if len(logged) == len(ids) + 1 + len(sent):
             break
         time.sleep(0.1)
     scores = logged[logged["endpoint"] == "score"].set_index("customer_id")
     assert list(scores.index) == ids
-    assert scores.loc["ghost-log", "status"] == "not_found"
+    assert scores.loc["ghost-log", "status"] == "not_found" and scores.loc["ghost-log", "inputs"] is None
     first = json.loads(scores.loc[ids[0], "prediction"])
     assert first == body["items"][0]
     assert json.loads(scores.loc[ids[0], "model_versions"]) == body["items"][0]["model_versions"]
+
+    # Model inputs of every scored row, as the model read them (monitoring compares them with training).
+    inputs_columns = scoring.model_inputs(scoring.load_champions(serving_settings))
+    stored = OnlineStore(serving_settings.online_store_path).get(ids[:4])
+    for cid in ids[:4]:
+        inputs = json.loads(scores.loc[cid, "inputs"])
+        assert list(inputs) == inputs_columns
+        for name, value in inputs.items():
+            assert _same(value, stored.loc[cid, name]), (cid, name, value)
+    by_features = logged[logged["endpoint"] == "score_features"].set_index("customer_id")
+    assert list(by_features.index) == ids[:2]
+    full, partial = (json.loads(by_features.loc[c, "inputs"]) for c in ids[:2])
+    assert full == json.loads(scores.loc[ids[0], "inputs"])
+    assert list(partial) == inputs_columns and partial["recency_days"] == sent[1]["recency_days"]
+    assert partial["country"] is None  # not sent: scored (and logged) as missing
+    assert json.loads(by_features.loc[ids[0], "prediction"]) == features["items"][0]
     recs = logged[logged["endpoint"] == "recommend"]
     assert len(recs) == 1 and json.loads(recs["inputs"].iloc[0])["k"] == 3
 
