@@ -31,3 +31,11 @@ class StoreError(CustopsError):
 
 class GateError(CustopsError):
     """A promotion was refused by the quality gate."""
+
+
+class DriftDetected(CustopsError):
+    """Monitoring found data drift or model decay beyond the thresholds (CLI exit code 6)."""
+
+    def __init__(self, message: str, summary_path: str | None = None):
+        self.summary_path = summary_path
+        super().__init__(message)

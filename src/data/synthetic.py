@@ -57,6 +57,13 @@ Generative process (time is measured in days since `start`, 00:00 UTC; `end` is 
    ('not a date', ...); Parquet gets null amounts instead. Every dirty row is a modified copy of a
    clean row, so dropping them restores the clean data; `GenerateResult.dirty_counts` counts them.
 
+8. Drift (opt-in, `drift_from`; the default output is unchanged). From `drift_from` on, the
+   world shifts the way monitoring must catch: prices rise by 40% (every amount on or after the
+   date), 70% of store orders move to the app, a churn wave makes 60% of the buyers still active
+   at the date stop buying (and engaging) within 180 days, and half of the customers signing up
+   after the date come through a new acquisition channel, 'affiliate'. The shift draws from its
+   own random stream, so the clean events before `drift_from` are those of the undrifted data.
+
 Encoding. Parquet timestamps are naive UTC `timestamp[us]`. CSV timestamps are ISO strings: the
 web platform exports naive UTC ('2024-03-05T14:22:31'), while store tills (transactions) and the
 app (interactions) export local time with an explicit offset ('2024-03-05T15:22:31+01:00'), as do
@@ -120,6 +127,7 @@ class SyntheticConfig:
     dirty_fraction: float = 0.005
     file_format: Literal["csv", "parquet"] = "csv"
     events_per_customer_target: float | None = None
+    drift_from: date | None = None  # opt-in distribution shift from this date (see "Drift" above)
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,22 @@ class _Population:
 
 
 _POP: Final = _Population()
+
+
+@dataclass(frozen=True)
+class _Drift:
+    """How the world shifts from `SyntheticConfig.drift_from` on (written to metadata.json)."""
+
+    price_factor: float = 1.4  # every amount on or after the date
+    store_to_app: float = 0.7  # share of store orders that move to the app
+    churn_wave: float = 0.6  # share of buyers active at the date who stop within `wave_days`
+    wave_days: float = 180.0
+    new_channel: str = "affiliate"  # acquisition channel that appears with the drift
+    new_channel_share: float = 0.5  # of signups after the date
+    stream: int = 0xD1F7  # seeds the drift's own random stream with the config seed
+
+
+_DRIFT: Final = _Drift()
 
 # name, share of customers' attention, median price
 _CATEGORIES: Final = (
@@ -297,6 +321,8 @@ def generate(config: SyntheticConfig, out_dir: Path) -> GenerateResult:
             if scale is None:
                 scale = sim.interaction_scale(config.events_per_customer_target, len(tx["ts"]))
             ix = sim.interactions(scale)
+            if config.drift_from is not None:
+                tx, ix = _apply_drift(config, cal, sim, k, tx, ix)
             sim.fill_truth(truth)
             for table, cols in (("transactions", tx), ("interactions", ix)):
                 cols, counts = _inject_dirty(chunk_rngs[k], cols, table, fmt, config, cal)
@@ -313,7 +339,10 @@ def generate(config: SyntheticConfig, out_dir: Path) -> GenerateResult:
                 len(ix["ts"]),
             )
 
-    _write_table(_render_customers(people, cal, fmt, tz_tables), paths["customers"], fmt)
+    customers = _render_customers(people, cal, fmt, tz_tables)
+    if config.drift_from is not None:
+        customers = _drift_customers(config, cal, people, customers)
+    _write_table(customers, paths["customers"], fmt)
     _write_table(_render_products(catalog), paths["products"], fmt)
     write_parquet(truth.to_arrow(people, catalog, cal), paths["ground_truth"])
     rows |= {
@@ -359,6 +388,12 @@ def _validate(config: SyntheticConfig) -> None:
     target = config.events_per_customer_target
     if target is not None and not target > 0:
         raise bad("events_per_customer_target", f"{target} is not positive", "use None or > 0")
+    if config.drift_from is not None and not config.start < config.drift_from < config.end:
+        raise bad(
+            "drift_from",
+            f"{config.drift_from} is not inside ({config.start}, {config.end})",
+            "pick a date between start and end, or None for no drift",
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -973,6 +1008,57 @@ def _take(cols: Cols, idx: np.ndarray) -> Cols:
 
 
 # ----------------------------------------------------------------------------------------------
+# Drift (opt-in)
+# ----------------------------------------------------------------------------------------------
+
+
+def _drift_day(config: SyntheticConfig) -> float:
+    assert config.drift_from is not None
+    return float((config.drift_from - config.start).days)
+
+
+def _apply_drift(
+    config: SyntheticConfig, cal: _Calendar, sim: _ChunkSimulator, chunk: int, tx: Cols, ix: Cols
+) -> tuple[Cols, Cols]:
+    """Shift one chunk's events from `drift_from` on: prices, channel mix and a churn wave."""
+    rng = np.random.default_rng([config.seed, _DRIFT.stream, chunk + 1])
+    day = _drift_day(config)
+    drift_us = cal.to_us(np.array([day]))[0]
+    tx = dict(tx)
+    after = tx["ts"] >= drift_us
+    tx["amount"] = np.where(after, np.round(tx["amount"] * _DRIFT.price_factor, 2), tx["amount"])
+    store = ORDER_CHANNELS.index("store")
+    moving = after & (tx["channel"] == store)
+    orders, inverse = np.unique(tx["order"][moving], return_inverse=True)
+    to_app = rng.random(len(orders))[inverse] < _DRIFT.store_to_app  # one decision per order
+    channel = tx["channel"].copy()
+    channel[np.flatnonzero(moving)[to_app]] = ORDER_CHANNELS.index("app")
+    tx["channel"] = channel
+    # churn wave: buyers still active at the date stop within wave_days (local index -> stop day)
+    active = ~sim.prospect & (sim.t_first < day) & (sim.t_drop > day)
+    waved = active & (rng.random(sim.m) < _DRIFT.churn_wave)
+    stop = np.where(waved, day + rng.uniform(0.0, _DRIFT.wave_days, sim.m), np.inf)
+    sim.t_drop = np.where(waved, np.minimum(sim.t_drop, stop), sim.t_drop)
+    local = np.full(int(sim.idx.max()) + 1, -1, np.int64)
+    local[sim.idx] = np.arange(sim.m)
+    stop_us = np.where(np.isfinite(stop), cal.to_us(np.where(np.isfinite(stop), stop, 0.0)), np.iinfo(np.int64).max)
+    tx = _take(tx, np.flatnonzero(tx["ts"] < stop_us[local[tx["cust"]]]))
+    ix = _take(ix, np.flatnonzero(ix["ts"] < stop_us[local[ix["cust"]]]))
+    purchases = tx["status"] == 0
+    orders_per = np.unique(np.stack([local[tx["cust"][purchases]], tx["order"][purchases]]), axis=1)[0]
+    sim.n_purch = np.bincount(orders_per, minlength=sim.m)
+    return tx, ix
+
+
+def _drift_customers(config: SyntheticConfig, cal: _Calendar, people: _Customers, table: pa.Table) -> pa.Table:
+    """Half of the customers signing up after `drift_from` come through a new acquisition channel."""
+    rng = np.random.default_rng([config.seed, _DRIFT.stream])
+    new = (people.signup >= _drift_day(config)) & (rng.random(people.n) < _DRIFT.new_channel_share)
+    channel = pc.if_else(pa.array(new), pa.scalar(_DRIFT.new_channel), table["acquisition_channel"])
+    return table.set_column(table.schema.get_field_index("acquisition_channel"), "acquisition_channel", channel)
+
+
+# ----------------------------------------------------------------------------------------------
 # Dirty rows
 # ----------------------------------------------------------------------------------------------
 
@@ -1265,6 +1351,9 @@ def _metadata(
 ) -> dict[str, Any]:
     cfg = dataclasses.asdict(config)
     cfg["start"], cfg["end"] = config.start.isoformat(), config.end.isoformat()
+    drift = cfg.pop("drift_from")  # absent without drift, so undrifted metadata is unchanged
+    if drift is not None:
+        cfg["drift_from"] = drift.isoformat()
     buyers = truth.n_purchases > 0
     events = rows["transactions"] + rows["interactions"]
     return {
@@ -1272,6 +1361,7 @@ def _metadata(
         "config": cfg,
         "process": list(_PROCESS_IN_WORDS),
         "population": dataclasses.asdict(_POP),
+        **({"drift": dataclasses.asdict(_DRIFT)} if config.drift_from is not None else {}),
         "categories": [
             {"name": n, "share": float(s), "median_price": float(p)}
             for n, s, p in zip(*_category_table(config.n_categories), strict=True)

@@ -323,3 +323,46 @@ def test_chunked_generation_keeps_ids_and_truth_consistent(tmp_path: Path, monke
 def test_invalid_config_names_the_field() -> None:
     with pytest.raises(ConfigError, match="SyntheticConfig.end"):
         generate(SyntheticConfig(start=date(2025, 1, 1), end=date(2024, 1, 1)), Path("unused"))
+
+
+# -- drift (opt-in) -------------------------------------------------------------------------------
+
+DRIFT_FROM = date(2025, 1, 1)
+
+
+def test_drift_is_opt_in_and_shifts_prices_channels_churn_and_acquisition(
+    tmp_path: Path, parquet_data: GenerateResult
+) -> None:
+    result = generate(replace(SMALL, file_format="parquet", drift_from=DRIFT_FROM), tmp_path)
+    meta = json.loads(result.paths["metadata"].read_text())
+    assert meta["config"]["drift_from"] == "2025-01-01" and meta["drift"]["price_factor"] == 1.4
+    plain_meta = json.loads(parquet_data.paths["metadata"].read_text())
+    assert "drift_from" not in plain_meta["config"] and "drift" not in plain_meta  # default output unchanged
+
+    start = pd.Timestamp(DRIFT_FROM)
+    tx = {name: clean(r, "transactions") for name, r in (("plain", parquet_data), ("drifted", result))}
+    cols = ["customer_id", "timestamp", "order_id", "product_id", "amount", "status", "channel"]
+    before = [t.loc[t["timestamp"] < start, cols].drop_duplicates().sort_values(cols) for t in tx.values()]
+    pd.testing.assert_frame_equal(*(b.reset_index(drop=True) for b in before))  # the history is the same
+
+    plain, drifted = (t[(t["timestamp"] >= start) & (t["status"] == "purchase")] for t in tx.values())
+    # prices +40% on the same kind of lines; the churn wave removes purchases
+    assert (drifted["amount"] / drifted["quantity"]).mean() > 1.3 * (plain["amount"] / plain["quantity"]).mean()
+    assert drifted["order_id"].nunique() < 0.9 * plain["order_id"].nunique()
+    store = [a.drop_duplicates("order_id")["channel"].eq("store").mean() for a in (plain, drifted)]
+    assert store[1] < 0.5 * store[0]  # store orders moved to the app
+    customers = read(result, "customers")
+    affiliate = customers[customers["acquisition_channel"] == "affiliate"]
+    assert len(affiliate) > 0 and (affiliate["signup_at"] >= start).all()
+    assert "affiliate" not in set(read(parquet_data, "customers")["acquisition_channel"])
+    wave = (start, start + pd.Timedelta(days=180))
+    assert truth(result)["dropout_at"].between(*wave).sum() > truth(parquet_data)["dropout_at"].between(*wave).sum()
+    # ground truth stays true: no purchase after a customer's dropout
+    gt = truth(result)["dropout_at"].rename("dropout_at").reset_index()
+    bought = tx["drifted"][tx["drifted"]["status"] == "purchase"].merge(gt, on="customer_id")
+    assert not (bought["timestamp"] > bought["dropout_at"] + pd.Timedelta(days=1)).any()
+
+
+def test_drift_from_outside_the_period_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="SyntheticConfig.drift_from: 2030-01-01 is not inside"):
+        generate(SyntheticConfig(drift_from=date(2030, 1, 1)), Path("unused"))

@@ -1,0 +1,1 @@
+"""Drift and performance monitoring with Evidently: reference vs current windows, reports, alerts."""
