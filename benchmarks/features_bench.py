@@ -148,6 +148,72 @@ def _work_engine(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _work_spark(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same build on Spark (`local[N]` by default); CPU time includes the JVM (a child process)."""
+    import psutil
+
+    from custops.features.builder import build_snapshot
+    from custops.features.store import OfflineStore
+    from custops.settings import FeatureSettings, SparkSettings
+    from custops.spark import get_session
+
+    ss = SparkSettings(master=spec["master"], shuffle_partitions=spec["shuffle_partitions"], driver_memory="4g")
+    started = time.perf_counter()
+    session = get_session(ss)
+    session_s = time.perf_counter() - started
+    fs = FeatureSettings(n_cutoffs=len(spec["cutoffs"]))
+    started = time.perf_counter()
+    snap = build_snapshot(
+        Path(spec["validated_dir"]),
+        OfflineStore(Path(spec["store_dir"])),
+        fs,
+        cutoffs=spec["cutoffs"],
+        engine="spark",
+        spark=ss,
+    )
+    wall = time.perf_counter() - started
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    jvm_rss = sum(p.memory_info().rss for p in procs[1:])
+    session.stop()
+    return {
+        "wall_s": wall,
+        "session_start_s": session_s,
+        "cpu_s": cpu,
+        "jvm_rss_bytes": jvm_rss,
+        "rows": snap.manifest["rows"],
+        "features_path": str(snap.features_path),
+    }
+
+
+def _work_engine_parity(spec: dict[str, Any]) -> dict[str, Any]:
+    """Spark snapshot vs DuckDB snapshot: rows and every column (floats to 1e-9 relative)."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(spec["duckdb_path"])
+    cols = [f for f in schema if f.name not in ("customer_id", "cutoff")]
+
+    def differs(f: Any) -> str:
+        a, b = f'a."{f.name}"', f'b."{f.name}"'
+        if str(f.type) in ("double", "float"):
+            tol = f"1e-9 * greatest(abs({a}), abs({b})) + 1e-12"
+            return f"NOT ({a} IS NULL AND {b} IS NULL) AND ({a} IS NULL OR {b} IS NULL OR abs({a} - {b}) > {tol})"
+        return f"{a} IS DISTINCT FROM {b}"
+
+    sums = ", ".join(f'sum(CASE WHEN {differs(f)} THEN 1 ELSE 0 END) AS "{f.name}"' for f in cols)
+    with duckdb.connect() as db:
+        join = "read_parquet(?) a JOIN read_parquet(?) b USING (customer_id, cutoff)"
+        query = f"SELECT count(*) AS matched, {sums} FROM {join}"
+        counts = db.execute(query, [spec["duckdb_path"], spec["spark_path"]]).df().iloc[0]
+        n_a = db.execute("SELECT count(*) FROM read_parquet(?)", [spec["duckdb_path"]]).fetchone()[0]
+        n_b = db.execute("SELECT count(*) FROM read_parquet(?)", [spec["spark_path"]]).fetchone()[0]
+    bad = {c: int(v) for c, v in counts.drop("matched").items() if v}
+    ok = not bad and n_a == n_b == int(counts["matched"])
+    return {"ok": ok, "rows": [int(n_a), int(n_b), int(counts["matched"])], "mismatched_columns": bad}
+
+
 def _work_pandas(spec: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
     from pandas_baseline import compute_features_pandas
@@ -194,6 +260,8 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "engine": _work_engine,
     "pandas": _work_pandas,
     "parity": _work_parity,
+    "spark": _work_spark,
+    "spark_parity": _work_engine_parity,
 }
 
 
@@ -435,7 +503,54 @@ def _bench_size(size: int, args: argparse.Namespace, say: Callable[[str], None])
             )
         except PhaseError as e:
             row["errors"]["parity"] = str(e)
+    _bench_spark(row, size, validated, cutoffs, size_dir, engine, args, say)
     return row
+
+
+def _bench_spark(
+    row: dict[str, Any],
+    size: int,
+    validated: Path,
+    cutoffs: list[str],
+    size_dir: Path,
+    engine: dict[str, Any] | None,
+    args: argparse.Namespace,
+    say: Callable[[str], None],
+) -> None:
+    """The same build on Spark (`--spark-master`, default local[2]) and its parity with DuckDB's snapshot."""
+    if args.no_spark:
+        return
+    if args.skip_spark_above is not None and size > args.skip_spark_above:
+        row["spark"] = {"skipped": f"size > --skip-spark-above {args.skip_spark_above:,}"}
+        return
+    store_dir = size_dir / "spark-store"
+    _rmtree(store_dir)
+    say(f"[{row['label']}] spark {args.spark_master}: {row['events']:,} events x {len(cutoffs)} cutoffs ...")
+    spec = {
+        "validated_dir": str(validated),
+        "store_dir": str(store_dir),
+        "cutoffs": cutoffs,
+        "master": args.spark_master,
+        "shuffle_partitions": args.spark_shuffle_partitions,
+    }
+    timed_args = argparse.Namespace(**{**vars(args), "timeout": args.spark_timeout})
+    try:
+        spark = _measure("spark", spec, size_dir / "runs", timed_args, before=lambda: _rmtree(store_dir))
+    except PhaseError as e:
+        row["errors"]["spark"] = str(e)
+        return
+    row["spark"] = spark | {"events_per_s": row["events"] / spark["wall_s"]}
+    if engine:
+        row["spark_vs_duckdb"] = spark["wall_s"] / engine["wall_s"]
+        try:
+            row["spark_parity"] = _run_phase(
+                "spark_parity",
+                {"duckdb_path": engine["features_path"], "spark_path": spark["features_path"]},
+                size_dir / "runs",
+                args.timeout,
+            )
+        except PhaseError as e:
+            row["errors"]["spark_parity"] = str(e)
 
 
 def _rmtree(path: Path) -> None:
@@ -485,7 +600,7 @@ def _fmt(v: float | None, spec: str) -> str:
 def _table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
-    t = Table(title="Feature build: DuckDB engine vs pandas baseline")
+    t = Table(title="Feature build: DuckDB engine vs pandas baseline and Spark")
     for col in (
         "size",
         "customers",
@@ -498,8 +613,12 @@ def _table(rows: list[dict[str, Any]]) -> Any:
         "pandas RSS GB",
         "speed-up",
         "parity",
+        "spark s",
+        "spark CPU s",
+        "spark/duckdb",
+        "spark parity",
     ):
-        t.add_column(col, justify="left" if col in ("size", "parity") else "right")
+        t.add_column(col, justify="left" if col in ("size", "parity", "spark parity") else "right")
     for r in rows:
         eng, pdr, par = r.get("engine") or {}, r.get("pandas") or {}, r.get("parity")
         if par is not None:
@@ -521,8 +640,27 @@ def _table(rows: list[dict[str, Any]]) -> Any:
             _fmt(pdr["peak_rss_bytes"] / GB if "peak_rss_bytes" in pdr else None, ".2f"),
             _fmt(r.get("speedup"), ".1f") + ("x" if r.get("speedup") else ""),
             parity + (f" ({errors})" if errors else ""),
+            *_spark_cells(r),
         )
     return t
+
+
+def _spark_cells(r: dict[str, Any]) -> list[str]:
+    spk, par = r.get("spark") or {}, r.get("spark_parity")
+    if "skipped" in spk:
+        return ["skipped", "-", "-", "-"]
+    if "spark" in r["errors"]:
+        return ["error", "-", "-", "-"]
+    if not spk:
+        return ["-", "-", "-", "-"]
+    parity = "-" if par is None else ("OK" if par["ok"] else f"FAILED {sorted(par['mismatched_columns'])[:3]}")
+    ratio = r.get("spark_vs_duckdb")
+    return [
+        _fmt(spk["wall_s"], ".1f"),
+        _fmt(spk["cpu_s"], ".1f"),
+        _fmt(ratio, ".1f") + ("x" if ratio else ""),
+        "error" if "spark_parity" in r["errors"] else parity,
+    ]
 
 
 def _goal_check(rows: list[dict[str, Any]], n_cutoffs: int) -> dict[str, Any] | None:
@@ -588,6 +726,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="runs of the engine and of the pandas baseline per size (the fastest is reported)",
     )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per phase")
+    p.add_argument("--no-spark", action="store_true", help="do not run the Spark engine")
+    p.add_argument("--spark-master", default="local[2]", help="Spark master for the Spark column")
+    p.add_argument("--spark-shuffle-partitions", type=int, default=8, help="spark.sql.shuffle.partitions")
+    p.add_argument(
+        "--skip-spark-above", type=int, default=None, metavar="N", help="do not run Spark for sizes above N events"
+    )
+    p.add_argument("--spark-timeout", type=float, default=1800.0, help="seconds for one Spark build (then: error)")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -654,6 +799,13 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "memory_limit": args.memory_limit,
             "skip_pandas_above": args.skip_pandas_above,
+            "spark": None
+            if args.no_spark
+            else {
+                "master": args.spark_master,
+                "shuffle_partitions": args.spark_shuffle_partitions,
+                "skip_above": args.skip_spark_above,
+            },
             "parity_sample": args.parity_sample,
             "repeat": args.repeat,
             "workdir": str(args.workdir),
@@ -664,7 +816,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(result, args.out)
     console.print(f"results written to {args.out}")
-    failed = any(r["errors"] or (r.get("parity") and not r["parity"]["ok"]) for r in rows)
+    failed = any(
+        r["errors"]
+        or (r.get("parity") and not r["parity"]["ok"])
+        or (r.get("spark_parity") and not r["spark_parity"]["ok"])
+        for r in rows
+    )
     return 1 if failed else 0
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import ibis
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 import custops
 from custops.errors import ConfigError, StoreError
@@ -20,18 +25,35 @@ from custops.features.definitions import FeatureRegistry, build_registry, featur
 from custops.features.engine import build_expression, default_cutoffs, normalize_cutoffs, top_categories
 from custops.features.store import OfflineStore, Snapshot
 from custops.io import file_sha256
-from custops.settings import FeatureSettings
+from custops.settings import FeatureSettings, SparkSettings
+from custops.spark import analysis_error, is_uri, spark_path
 
 log = logging.getLogger(__name__)
 
 REQUIRED_TABLES = ("transactions", "customers")
 OPTIONAL_TABLES = ("interactions",)
+ENGINES = ("duckdb", "spark")
+MERGE_BATCH_ROWS = 131_072
+# DuckDB engine: (customer, cutoff) rows computed per batch of cutoffs (bounds peak memory: about
+# 1.5 KB per row between the lookups and the materialised feature table), and rows per Arrow batch.
+BATCH_ROWS = 1_500_000
+BATCH_CHUNK_ROWS = 262_144
 
 
-def connect(engine: str = "duckdb", *, threads: int | None = None, memory_limit: str | None = None) -> Any:
-    """An Ibis backend for the named engine (DuckDB in-process by default)."""
+def connect(
+    engine: str = "duckdb",
+    *,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+    spark: SparkSettings | None = None,
+) -> Any:
+    """An Ibis backend for the named engine: DuckDB in-process (default) or Spark (`spark` settings)."""
+    if engine == "spark":
+        from custops.spark import get_session, ibis_backend
+
+        return ibis_backend(get_session(spark or SparkSettings()))
     if engine != "duckdb":
-        raise ConfigError(f"engine {engine!r} is not available here (supported: duckdb)")
+        raise ConfigError(f"engine {engine!r} is not supported (choose one of: {', '.join(ENGINES)})")
     con = ibis.duckdb.connect()
     if threads:
         con.raw_sql(f"SET threads = {int(threads)}")
@@ -61,23 +83,38 @@ def git_commit() -> str | None:
 
 
 def build_snapshot(
-    validated_dir: Path,
+    validated_dir: Path | str,
     store: OfflineStore,
     fs: FeatureSettings,
     *,
     cutoffs: Sequence[Any] | None = None,
     engine: str = "duckdb",
     con: Any = None,
+    spark: SparkSettings | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> Snapshot:
-    """Compute features and labels at each cutoff and commit them as a new offline snapshot."""
-    files = validated_files(validated_dir)
-    con = con or connect(engine)
-    tables = {name: con.read_parquet(str(path), table_name=f"src_{name}") for name, path in files.items()}
+    """Compute features and labels at each cutoff and commit them as a new offline snapshot.
+
+    The same Ibis expression runs on either engine. With `engine="spark"`, `validated_dir` may be
+    a URI Spark reads (s3a://, hdfs://, abfss://...), and the snapshot is written in the DuckDB
+    engine's layout: one `features.parquet` plus the manifest.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"engine {engine!r} is not supported (choose one of: {', '.join(ENGINES)})")
+    con = con or connect(engine, spark=spark)
+    if engine == "spark":
+        tables, sources = _read_spark_sources(con, validated_dir)
+        source_label = str(validated_dir)
+    else:
+        files = validated_files(Path(validated_dir))
+        tables = {name: con.read_parquet(str(path), table_name=f"src_{name}") for name, path in files.items()}
+        sources = {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in files.items()}
+        source_label = str(files["transactions"])
 
     tx = tables["transactions"]
     bounds = tx.aggregate(lo=tx.timestamp.min(), hi=tx.timestamp.max(), n=tx.count()).to_pandas().iloc[0]
     if bounds["n"] == 0:
-        raise StoreError(f"{files['transactions']} has no valid rows: nothing to build features from")
+        raise StoreError(f"{source_label} has no valid transactions: nothing to build features from")
     data_end = pd.Timestamp(bounds["hi"])
     if "interactions" in tables:
         ix = tables["interactions"]
@@ -90,16 +127,16 @@ def build_snapshot(
     categories = top_categories(tx, fs.top_categories)
     registry = build_registry(fs, categories)
     # No global ORDER BY: sorting millions of wide rows costs more than the build; readers sort.
-    expr = build_expression(tables, cuts, registry, observed_until=observed_until)
+    # DuckDB builds and writes a few cutoffs at a time (`write_batched`); Spark takes one expression.
+    expr = build_expression(tables, cuts, registry, observed_until=observed_until) if engine == "spark" else None
 
-    sources = {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in files.items()}
     fingerprint = _fingerprint(sources, cuts, fs, categories)
     manifest = _manifest(registry, cuts, fs, sources, engine, data_end, observed_until, fingerprint)
     sid = store.new_snapshot_id(fingerprint)
     log.info("building %s: %d cutoffs, %d features, engine %s", sid, len(cuts), len(registry.feature_names), engine)
 
     def write(path: Path) -> dict[str, Any]:
-        con.to_parquet(expr, str(path))
+        write_batched(con, tables, cuts, registry, observed_until, path, batch_rows=batch_rows)
         written = con.read_parquet(str(path))
         counts = (
             written.group_by("cutoff")
@@ -107,12 +144,134 @@ def build_snapshot(
             .order_by("cutoff")
             .to_pandas()
         )
-        return {
-            "rows_per_cutoff": {str(pd.Timestamp(r.cutoff).date()): int(r.rows) for r in counts.itertuples()},
-            "buyers_per_cutoff": {str(pd.Timestamp(r.cutoff).date()): int(r.buyers) for r in counts.itertuples()},
-        }
+        return _count_entries(counts)
 
-    return store.write(sid, write, manifest)
+    def write_spark(path: Path) -> dict[str, Any]:
+        staging = path.parent / ".spark-parts"
+        con.to_parquet_dir(expr, spark_path(staging))
+        session = con._session  # the backend's SparkSession (ibis exposes no public accessor)
+        # Spark writes every Parquet column as nullable; its analysed schema knows which are never
+        # NULL (counts filled with 0, segments, ...), as DuckDB's does: keep that in the file.
+        not_null = {f.name for f in session.sql(con.compile(expr)).schema.fields if not f.nullable}
+        schema = pa.schema([f.with_nullable(f.name not in not_null) for f in expr.schema().to_pyarrow()])
+        merge_parquet_parts(staging, path, schema)
+        shutil.rmtree(staging, ignore_errors=True)
+        with duckdb.connect() as db:  # the merged file is local: count it without another Spark job
+            counts = db.execute(
+                "SELECT cutoff, count(*) AS rows, count_if(n_orders > 0) AS buyers "
+                "FROM read_parquet(?) GROUP BY cutoff ORDER BY cutoff",
+                [str(path)],
+            ).df()
+        info = {"version": session.version}
+        with contextlib.suppress(Exception):  # Spark Connect sessions have no SparkContext
+            info["master"] = session.sparkContext.master
+        return {**_count_entries(counts), "spark": info}
+
+    return store.write(sid, write_spark if engine == "spark" else write, manifest)
+
+
+def write_batched(
+    con: Any,
+    tables: dict[str, Any],
+    cuts: Sequence[pd.Timestamp],
+    registry: FeatureRegistry,
+    observed_until: pd.Timestamp,
+    path: Path,
+    *,
+    batch_rows: int = BATCH_ROWS,
+) -> int:
+    """Compute and write the snapshot a few cutoffs at a time into one Parquet file; returns rows.
+
+    Cutoffs are independent (segments rank within a cutoff), so a batch of them is a complete part
+    of the snapshot. Batches of about `batch_rows` (customer, cutoff) rows bound peak memory; what
+    does not depend on the cutoffs (integer keys, running totals) is computed once and shared.
+    """
+    n_customers = int(tables["customers"].count().to_pyarrow().as_py())
+    per_batch = max(1, batch_rows // max(n_customers, 1))
+    shared: dict[str, Any] = {}
+    if per_batch >= len(cuts):  # one batch: DuckDB writes it (in parallel)
+        expr = build_expression(tables, cuts, registry, observed_until=observed_until, shared=shared)
+        con.to_parquet(expr, str(path))
+        return pq.ParquetFile(path).metadata.num_rows
+    rows, writer = 0, None
+    try:
+        for i in range(0, len(cuts), per_batch):
+            batch_cuts = cuts[i : i + per_batch]
+            expr = build_expression(tables, batch_cuts, registry, observed_until=observed_until, shared=shared)
+            schema = expr.schema().to_pyarrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, schema)
+            for batch in _record_batches(con, expr):
+                writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
+                rows += batch.num_rows
+            log.info("wrote %d of %d cutoffs (%d rows)", i + len(batch_cuts), len(cuts), rows)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _record_batches(con: Any, expr: Any) -> pa.RecordBatchReader:
+    """Stream the expression's result from DuckDB as Arrow record batches.
+
+    (Ibis 12's `to_pyarrow_batches` calls `fetch_record_batch`, which DuckDB 2 no longer has; its
+    DuckDB relation streams the same result.)
+    """
+    return con._to_duckdb_relation(expr).to_arrow_reader(BATCH_CHUNK_ROWS)
+
+
+def _count_entries(counts: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "rows_per_cutoff": {str(pd.Timestamp(r.cutoff).date()): int(r.rows) for r in counts.itertuples()},
+        "buyers_per_cutoff": {str(pd.Timestamp(r.cutoff).date()): int(r.buyers) for r in counts.itertuples()},
+    }
+
+
+def _read_spark_sources(con: Any, validated: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Register the validated tables (local folder or URI) with Spark, with their lineage.
+
+    Local files are identified by SHA-256 like the DuckDB engine's (so both engines fingerprint the
+    same data alike); a URI's files are not on this machine, so Spark computes a content hash
+    instead (row count and the sum of a 64-bit hash of every row, in one scan).
+    """
+    if not is_uri(validated):
+        files = validated_files(Path(validated))
+        tables = {n: con.read_parquet(spark_path(p), table_name=f"src_{n}") for n, p in files.items()}
+        return tables, {n: {"path": str(p), "sha256": file_sha256(p)} for n, p in files.items()}
+    tables, sources = {}, {}
+    for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES):
+        location = f"{str(validated).rstrip('/')}/{name}.parquet"
+        try:
+            tables[name] = con.read_parquet(location, table_name=f"src_{name}")
+        except Exception as e:
+            err = analysis_error(e, f"validated table '{name}' ({location})")
+            if not isinstance(err, StoreError):
+                raise
+            if name in REQUIRED_TABLES:
+                raise StoreError(f"{err}: run `custops data ingest` and copy the validated layer there") from e
+            continue
+        row = con.raw_sql(f"SELECT count(*), sum(cast(xxhash64(*) AS decimal(38, 0))) FROM src_{name}").first()
+        sources[name] = {"path": location, "rows": int(row[0]), "content_hash": f"xxhash64-sum:{row[1]}"}
+    return tables, sources
+
+
+def merge_parquet_parts(parts_dir: Path, path: Path, schema: pa.Schema) -> int:
+    """Stream Spark's part files into one Parquet file with `schema` (the snapshot layout); returns rows.
+
+    Spark writes a folder of part files; every snapshot reader (DuckDB, pyarrow, the online store)
+    expects the single file the DuckDB engine writes, so the parts are appended batch by batch
+    (memory stays at one batch) and cast to the expression's schema (e.g. Spark's UTC-adjusted
+    timestamps to the naive UTC timestamps of the DuckDB engine).
+    """
+    parts = sorted(Path(parts_dir).glob("part-*.parquet"))
+    rows = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=MERGE_BATCH_ROWS, columns=schema.names):
+                table = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+                writer.write_table(table)
+                rows += table.num_rows
+    return rows
 
 
 def _fingerprint(
@@ -120,7 +279,7 @@ def _fingerprint(
 ) -> str:
     payload = json.dumps(
         {
-            "sources": {k: v["sha256"] for k, v in sources.items()},
+            "sources": {k: v.get("sha256") or v["content_hash"] for k, v in sources.items()},
             "cutoffs": [str(c) for c in cuts],
             "settings": fs.model_dump(mode="json"),
             "categories": list(cats),
