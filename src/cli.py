@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from custops.errors import ConfigError, CustopsError, DataContractError, GateError, StoreError
+from custops.errors import ConfigError, CustopsError, DataContractError, DriftDetected, GateError, StoreError
 
 app = typer.Typer(
     name="custops",
@@ -37,8 +37,15 @@ out = Console()
 err = Console(stderr=True)
 
 # Exit codes: 0 ok; 1 unexpected failure; 2 bad usage or settings; 3 input data breaks the
-# contract; 4 store or registry missing or inconsistent; 5 the quality gate refused a promotion.
-EXIT_CODES: dict[type[CustopsError], int] = {ConfigError: 2, DataContractError: 3, StoreError: 4, GateError: 5}
+# contract; 4 store or registry missing or inconsistent; 5 the quality gate refused a promotion;
+# 6 monitoring found drift or model decay beyond the thresholds (an alert was written).
+EXIT_CODES: dict[type[CustopsError], int] = {
+    ConfigError: 2,
+    DataContractError: 3,
+    StoreError: 4,
+    GateError: 5,
+    DriftDetected: 6,
+}
 
 T = TypeVar("T")
 
@@ -134,6 +141,10 @@ def data_generate(
     file_format: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the raw layer).")] = None,
     events_per_customer: Annotated[float | None, typer.Option(help="Scale event volume (e.g. 20).")] = None,
+    drift_from: Annotated[
+        str | None,
+        typer.Option(help="Shift the world from this date (prices, channels, churn wave, new acquisition channel)."),
+    ] = None,
 ) -> None:
     """Write a seeded synthetic dataset (transactions, interactions, customers, products, ground truth)."""
 
@@ -148,6 +159,7 @@ def data_generate(
             seed=s.seed if seed is None else seed,
             file_format=file_format,
             events_per_customer_target=events_per_customer,
+            drift_from=None if drift_from is None else _when(drift_from, "--drift-from").date(),  # type: ignore[union-attr]
         )  # type: ignore[arg-type]
         with _step(f"Generating {customers:,} customers"):
             res = generate(cfg, out_dir or s.raw_dir)
@@ -201,7 +213,8 @@ def features_build(
     n_cutoffs: Annotated[
         int | None, typer.Option(min=1, help="Number of monthly cutoffs (default from settings).")
     ] = None,
-    engine: Annotated[str, typer.Option(help="Execution engine.")] = "duckdb",
+    engine: Annotated[str | None, typer.Option(help="duckdb or spark (default: settings `engine`).")] = None,
+    spark_master: Annotated[str | None, typer.Option(help="Spark master URL (implies spark).")] = None,
     materialize: Annotated[bool, typer.Option(help="Also refresh the online store.")] = True,
 ) -> None:
     """Compute point-in-time features and labels at each cutoff into a new offline snapshot."""
@@ -210,11 +223,11 @@ def features_build(
         from custops.pipelines.features import build_features
         from custops.pipelines.features import materialize as do_materialize
 
-        s = _settings()
+        s = _engine_settings(_settings(), engine, spark_master)
         if n_cutoffs:
             s.features.n_cutoffs = n_cutoffs
         with _step("Building feature snapshot"):
-            snap = build_features(s, cutoffs=cutoff, engine=engine)
+            snap = build_features(s, cutoffs=cutoff)
         _print_snapshot(snap)
         if materialize:
             with _step("Materializing online store"):
@@ -485,6 +498,33 @@ def _print_scores(scores: Any, path: Path, *, per_customer: bool) -> None:
     out.print(f"  -> {path}")
 
 
+def _engine_settings(s: Any, engine: str | None, spark_master: str | None) -> Any:
+    """Settings with --engine / --spark-master applied (ConfigError naming a bad engine)."""
+    if engine is not None:
+        if engine not in ("duckdb", "spark"):
+            raise ConfigError(f"--engine {engine!r} is not supported (choose duckdb or spark)")
+        s.engine = engine
+    if spark_master is not None:
+        s.spark.master = spark_master
+        s.engine = "spark" if engine is None else s.engine
+    return s
+
+
+def _score_on_spark(s: Any, ids: list[str] | None, out_path: Path | None, snapshot: str | None) -> None:
+    """`custops score --engine spark`: every customer of the snapshot, written as a Parquet dataset."""
+    from custops.pipelines.spark_scoring import score_spark
+
+    if ids is not None:
+        raise ConfigError("--customers/--customers-file score a list locally: drop --engine spark for that")
+    with _step("Scoring customers on Spark"):
+        run = score_spark(s, snapshot_id=snapshot, out=out_path)
+    count = "all" if run.rows is None else f"{run.rows:,}"
+    out.print(
+        f"Scored {count} customers at cutoff {run.cutoff.date()} of {run.snapshot_id} "
+        f"({', '.join(f'{t} v{v}' for t, v in run.versions.items())}) -> {run.path}"
+    )
+
+
 def _read_ids(customers: str | None, customers_file: Path | None) -> list[str] | None:
     """Customer ids from --customers (comma-separated) and --customers-file (one per line, # comments)."""
     if customers is None and customers_file is None:
@@ -751,6 +791,8 @@ def score(
         Path | None, typer.Option("--out", help="Output .parquet or .csv (default: the scores folder).")
     ] = None,
     snapshot: Annotated[str | None, typer.Option(help="Snapshot id (default: latest).")] = None,
+    engine: Annotated[str | None, typer.Option(help="duckdb (local) or spark (default: settings `engine`).")] = None,
+    spark_master: Annotated[str | None, typer.Option(help="Spark master URL (implies spark).")] = None,
 ) -> None:
     """Batch-score customers with each champion: churn risk, CLV, propensity, segment, lifecycle stage."""
 
@@ -759,8 +801,11 @@ def score(
         from custops.pipelines.scoring import default_scores_path, scores_format, write_scores
         from custops.pipelines.scoring import score as score_customers
 
-        s = _settings()
+        s = _engine_settings(_settings(), engine, spark_master)
         ids = _read_ids(customers, customers_file)
+        if s.engine == "spark":
+            _score_on_spark(s, ids, out_path, snapshot)
+            return
         if out_path is not None:
             scores_format(out_path)  # fail on a bad suffix before the work
         snapshot_id = snapshot or OfflineStore(s.offline_store_dir).latest_id()
@@ -772,6 +817,129 @@ def score(
     _run(body)
 
 
+# ---------------------------------------------------------------- monitoring
+
+
+def _when(value: str | None, option: str) -> dt.datetime | None:
+    """An ISO date/time option (naive = UTC); a bad value is a usage error naming the option."""
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"{option} {value!r} is not an ISO date or time (e.g. 2026-01-31 or 2026-01-31T12:00)"
+        ) from None
+
+
+@app.command("monitor")
+def monitor(
+    snapshot: Annotated[str | None, typer.Option(help="Current window: this snapshot (default: latest).")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="Cutoff of that snapshot (default: its latest).")] = None,
+    current_home: Annotated[
+        Path | None, typer.Option(help="Read --snapshot from another custops home (e.g. production's).")
+    ] = None,
+    from_log: Annotated[
+        bool, typer.Option("--from-log", help="Current window: requests logged by the serving layer.")
+    ] = False,
+    log_path: Annotated[Path | None, typer.Option("--log", help="Prediction log (default: the serving log).")] = None,
+    since: Annotated[str | None, typer.Option(help="With --from-log: from this time (ISO, UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="With --from-log: before this time (ISO, UTC).")] = None,
+    reference_snapshot: Annotated[
+        str | None, typer.Option(help="Reference snapshot (default: the churn champion's training snapshot).")
+    ] = None,
+    reference_cutoff: Annotated[
+        str | None, typer.Option(help="Reference cutoff (default: the churn champion's validation cutoff).")
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="Name of the run (in its folder name and the index).")] = None,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="On drift, run `train all` (promotion through the quality gate).")
+    ] = False,
+) -> None:
+    """Compare the champions' training data and predictions with a current window; exit 6 on drift.
+
+    Writes Evidently's report, summary.json and summary.html to a dated run folder; updates index.html and alerts.jsonl.
+    """
+
+    def body() -> None:
+        from custops.pipelines.monitoring import monitor as run_monitor
+
+        s = _settings()
+        if (since or until or log_path) and not from_log:
+            raise ConfigError("--since/--until/--log read the prediction log: add --from-log")
+        if from_log and (snapshot or cutoff or current_home):
+            raise ConfigError("--from-log and --snapshot/--cutoff/--current-home pick different current windows")
+        with _step("Monitoring (Evidently drift, data quality, performance)"):
+            result = run_monitor(
+                s,
+                snapshot_id=snapshot,
+                cutoff=cutoff,
+                current_home=current_home,
+                from_log=from_log,
+                log_path=log_path,
+                since=_when(since, "--since"),
+                until=_when(until, "--until"),
+                reference_snapshot=reference_snapshot,
+                reference_cutoff=reference_cutoff,
+                label=label,
+                retrain=retrain,
+                raise_on_drift=False,
+            )
+        _print_monitor(result)
+        if result.drifted:
+            from custops.pipelines.monitoring import drift_message
+
+            raise DriftDetected(drift_message(result), str(result.paths["summary"]))
+
+    _run(body)
+
+
+def _print_monitor(result: Any) -> None:
+    s = result.summary
+    colors = {"ok": "green", "warning": "yellow", "drift": "red"}
+    ref, cur = s["reference"], s["current"]
+    where = cur.get("snapshot_id") or cur.get("path") or cur["source"]
+    t = Table(
+        title=f"Monitoring {s['run_id']}: [{colors[s['status']]}]{s['status'].upper()}[/]",
+        caption=f"reference {ref.get('snapshot_id')} @ {ref.get('cutoff')} ({ref['rows']:,} rows); "
+        f"current {where} {cur.get('cutoff') or ''} ({cur['rows']:,} rows"
+        + (f", {cur['quarantined']:,} quarantined" if cur.get("quarantined") else "")
+        + ")",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("model", "status", "output drift", "metric", "training", "estimated (CBPE)", "realised"):
+        t.add_column(col, justify="right" if col in ("training", "estimated (CBPE)", "realised") else "left")
+    for task, m in s["models"].items():
+        pdrift = m.get("prediction_drift")
+        drift_cell = "-" if not pdrift else f"{pdrift['score']:.3f}" + (" [red]drifted[/]" if pdrift["drifted"] else "")
+        est = (m.get("estimated") or {}).get("current") or {}
+        real = (m.get("realised") or {}).get("current") or {}
+        t.add_row(
+            f"{task} v{m['version']}",
+            f"[{colors[m['status']]}]{m['status']}[/]",
+            drift_cell,
+            METRIC_LABELS.get(m["metric"], m["metric"]),
+            _cell(m["training"].get(m["metric"])),
+            _cell(est.get(m["metric"])),
+            _cell(real.get(m["metric"])) if real else "no labels yet",
+        )
+    out.print(t)
+    d = s["data_drift"]
+    out.print(
+        f"Data drift: {d['n_drifted']} of {d['n_features']} features ({d['share_drifted']:.0%})"
+        + (f": {', '.join(d['drifted_features'][:8])}" if d["drifted_features"] else ""),
+        highlight=False,
+    )
+    for r in s["reasons"][:10]:
+        out.print(f"  [{colors[r['status']]}]{r['status']}[/] {r['area']}: {r['message']}", highlight=False)
+    if s.get("retrain"):
+        for task, r in s["retrain"]["tasks"].items():
+            verdict = "[green]promoted[/]" if r["promoted"] else f"not promoted ({r['gate']})"
+            out.print(f"  retrained {task} v{r['version']}: {verdict}")
+    out.print(f"Report: {result.paths['page']}\nAll runs: {result.index}", highlight=False)
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -780,7 +948,7 @@ def demo(
     customers: Annotated[int, typer.Option("--customers", "-n", min=100, help="Synthetic customers.")] = 5000,
     regenerate: Annotated[bool, typer.Option(help="Regenerate the demo data even if present.")] = False,
 ) -> None:
-    """The main job end to end: generate -> ingest -> features -> train all -> gate/promote -> batch score."""
+    """The main job end to end: generate -> ingest -> features -> train all -> gate/promote -> score -> monitor."""
 
     def body() -> None:
         from custops.models.registry import CHAMPION, Registry
@@ -831,9 +999,21 @@ def demo(
             scores = score_customers(s, snapshot_id=snap.snapshot_id)
             path = write_scores(scores, default_scores_path(s, snap.snapshot_id))
         _print_scores(scores, path, per_customer=False)
+        from custops.pipelines.monitoring import monitor_demo
+
+        with _step("Monitoring a new sample of the same world, then the same world after a drift"):
+            runs = monitor_demo(s, n_customers=max(1000, customers // 2))
+        for run in runs:
+            _print_monitor(run)
+        out.print(
+            "`custops monitor` exits 6 on a drifted run and appends an alert to "
+            f"{runs[-1].index.parent / 'alerts.jsonl'}.",
+            highlight=False,
+        )
         out.print(
             f"Done in {(dt.datetime.now() - started).total_seconds():.1f}s. "
-            "Next: `custops evaluate`, `custops history`, `custops score --customers ID,ID`."
+            "Next: `custops evaluate`, `custops history`, `custops score --customers ID,ID`, "
+            f"open {runs[-1].index}."
         )
 
     _run(body)
