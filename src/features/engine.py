@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import ibis
 import ibis.expr.operations as ops
 import ibis.expr.types as ir
 import pandas as pd
+import pyarrow.compute as pc
 
 from custops.errors import ConfigError
+from custops.features import prefix
 from custops.features.definitions import Feature, FeatureRegistry, FeatureView, days_between
 
 log = logging.getLogger(__name__)
@@ -171,8 +175,14 @@ def _groups(registry: FeatureRegistry) -> list[_Group]:
     return [_Group(src, d, tuple(vs)) for (src, d), vs in by.items()]
 
 
-def _spine(tables: Mapping[str, ir.Table], cut: ir.Table, observed_until: pd.Timestamp) -> ir.Table:
+def _spine(customers: ir.Table, cut: ir.Table, observed_until: pd.Timestamp) -> ir.Table:
     """One row per (customer, cutoff) for customers who existed before the cutoff."""
+    spine = customers.join(cut, customers.exists_from < cut.cutoff)
+    return spine.mutate(observed_until=ibis.literal(observed_until.to_pydatetime(), type="timestamp"))
+
+
+def _customers(tables: Mapping[str, ir.Table]) -> ir.Table:
+    """Every customer with profile columns and `exists_from` (signup or first activity, if earlier)."""
     tx, ix, cust = tables["transactions"], tables.get("interactions"), tables["customers"]
     seen = tx.select("customer_id", "timestamp")
     if ix is not None:
@@ -180,9 +190,7 @@ def _spine(tables: Mapping[str, ir.Table], cut: ir.Table, observed_until: pd.Tim
     first_seen = seen.group_by("customer_id").aggregate(first_seen_at=seen.timestamp.min())
     c = cust.select("customer_id", "signup_at", "country", "acquisition_channel")
     c = c.left_join(first_seen, "customer_id").select(c, first_seen.first_seen_at)
-    c = c.mutate(exists_from=ibis.least(c.signup_at, c.first_seen_at))
-    spine = c.join(cut, c.exists_from < cut.cutoff)
-    return spine.mutate(observed_until=ibis.literal(observed_until.to_pydatetime(), type="timestamp"))
+    return c.mutate(exists_from=ibis.least(c.signup_at, c.first_seen_at))
 
 
 def _aggregate(grain: ir.Table, cut: ir.Table, group: _Group) -> ir.Table:
@@ -202,15 +210,16 @@ def _aggregate(grain: ir.Table, cut: ir.Table, group: _Group) -> ir.Table:
 
 def _referenced(value: ir.Value) -> set[str]:
     """Column names an expression reads."""
-    return {f.name for f in value.op().find(ops.Field)}
+    return {f.name for f in value.op().find(ops.Field, filter=ops.Value)}  # not the tables' own lineage
 
 
 def _empty_grain(source_table: str, grain_name: str) -> ir.Table:
     """A typed empty grain for an absent optional table (e.g. no interactions file)."""
+    # customer_id is the integer key of `_integer_keys` here, like in every other grain.
     schemas = {
-        "interaction_days": {"customer_id": "string", "timestamp": "timestamp", "event_type": "string", "n": "int64"},
+        "interaction_days": {"customer_id": "int64", "timestamp": "timestamp", "event_type": "string", "n": "int64"},
         "activity_days": {
-            "customer_id": "string",
+            "customer_id": "int64",
             "timestamp": "timestamp",
             "last_ts": "timestamp",
             "last_login_ts": "timestamp",
@@ -218,7 +227,8 @@ def _empty_grain(source_table: str, grain_name: str) -> ir.Table:
     }
     if grain_name not in schemas:
         raise ConfigError(f"the '{source_table}' table is required for grain '{grain_name}'")
-    return ibis.memtable(pd.DataFrame({k: pd.Series(dtype=_pd_dtype(v)) for k, v in schemas[grain_name].items()}))
+    frame = pd.DataFrame({k: pd.Series(dtype=_pd_dtype(v)) for k, v in schemas[grain_name].items()})
+    return ibis.memtable(frame, schema=schemas[grain_name])  # explicit: empty object columns infer as NULL type
 
 
 def _pd_dtype(ibis_type: str) -> str:
@@ -232,16 +242,33 @@ def build_expression(
     *,
     observed_until: pd.Timestamp,
     materialize: bool = True,
+    plan: str | None = None,
+    shared: dict[str, Any] | None = None,
 ) -> ir.Table:
     """The feature + label table for every (customer, cutoff) as one Ibis expression.
 
     `tables` holds validated `transactions`, `customers` and optionally `interactions` as Ibis
     tables; `observed_until` is the exclusive end of observed data (labels past it are NULL).
+    `plan` is "prefix" (running totals and as-of lookups, `custops.features.prefix`) or "range"
+    (range joins); default: `choose_plan`. Both compute the same values. `shared` (a dict the caller
+    keeps) lets calls for batches of cutoffs of one build share what does not depend on the cutoffs:
+    integer keys, customers and the prefix plan's running totals.
     """
     cutoffs = sorted(pd.Timestamp(c) for c in cutoffs)
     cut = ibis.memtable(pd.DataFrame({"cutoff": pd.to_datetime(cutoffs).astype("datetime64[us]")}))
-    tables, ids = _integer_keys(tables, materialize)
-    t = _spine(tables, cut, observed_until)
+    shared = shared if shared is not None else {}
+    physical = choose_plan(tables, plan, materialize)
+    if "keyed" not in shared:
+        keyed, ids = _integer_keys(tables, materialize)
+        if physical == "prefix":
+            # Every grain and the customers read the re-keyed events once each: join the ids once.
+            keyed = {n: tab.cache() if n != "customers" else tab for n, tab in keyed.items()}
+        shared["keyed"] = keyed, ids
+    tables, ids = shared["keyed"]
+    if "customers" not in shared:
+        # Batches of cutoffs share it; the range plan (Spark) keeps it inline as before.
+        shared["customers"] = _customers(tables).cache() if physical == "prefix" else _customers(tables)
+    t = _spine(shared["customers"], cut, observed_until)
 
     grains: dict[str, ir.Table] = {}
     groups = _groups(registry)
@@ -250,8 +277,14 @@ def build_expression(
             table_name, make = GRAINS[group.source]
             src = tables.get(table_name)
             grain = make(src) if src is not None else _empty_grain(table_name, group.source)
-            # Materialise each grain once: both directions read it.
-            grains[group.source] = grain.cache() if materialize else grain
+            grains[group.source] = grain
+    if physical == "prefix":
+        t, groups = _attach_prefix_features(t, groups, grains, shared)
+    for source in {g.source for g in groups}:
+        if materialize and not isinstance(grains[source].op(), ops.InMemoryTable):
+            # Materialise each grain the range join reads once: both directions read it. (An empty
+            # grain is an in-memory table: caching it would run on Ibis's default backend.)
+            grains[source] = grains[source].cache()
     for group in groups:
         agg = _aggregate(grains[group.source], cut, group)
         cols = [c for c in agg.columns if c not in KEY]
@@ -269,9 +302,10 @@ def build_expression(
     for v in registry.views:
         if v.kind == "derived":
             t = t.mutate(**{f.name: f.expr(t) for f in v.features})
-    if materialize:
+    if materialize and groups:
         # Materialise before the window functions: otherwise the SQL compiler inlines the
-        # join tree into every window expression that references an earlier one.
+        # join tree into every window expression that references an earlier one. (Without range
+        # joins, t is the cached spine and its lookups: recomputing that is cheaper than a copy.)
         t = t.cache()
 
     # Segment features use window functions (sorts): run them on a narrow projection of just the
@@ -300,6 +334,65 @@ def build_expression(
     keep = [*registry.feature_names, *registry.label_names]
     t = t.join(ids, t.customer_id == ids.customer_key)
     return t.select(customer_id=ids.customer_id, cutoff=t.cutoff, **{c: t[c] for c in keep})
+
+
+PREFIX_BACKENDS = frozenset({"duckdb"})
+
+
+def choose_plan(tables: Mapping[str, ir.Table], plan: str | None = None, materialize: bool = True) -> str:
+    """The physical plan: "prefix" on in-process backends we can fetch Arrow data from, else "range".
+
+    The prefix plan executes queries while the expression is built (running totals per grain), so
+    it needs `materialize`; backends without it (PySpark) use the range-join plan.
+    """
+    if plan is not None:
+        if plan not in ("prefix", "range"):
+            raise ConfigError(f"feature plan {plan!r} is not known (choose prefix or range)")
+        if plan == "prefix" and not materialize:
+            raise ConfigError("the prefix plan executes queries: it needs materialize=True")
+        return plan
+    backend = ibis.get_backend(tables["transactions"])
+    return "prefix" if materialize and backend.name in PREFIX_BACKENDS else "range"
+
+
+def _attach_prefix_features(
+    t: ir.Table, groups: list[_Group], grains: Mapping[str, ir.Table], shared: dict[str, Any]
+) -> tuple[ir.Table, list[_Group]]:
+    """Join every prefix-decomposable feature onto the spine `t`; returns it and the groups left
+    for the range join (only the features that did not fit the prefix form)."""
+    plans: dict[str, prefix.GrainPlan] = {}
+    left: list[_Group] = []
+    for group in groups:
+        gp = plans.setdefault(group.source, prefix.GrainPlan(group.source, prefix.template(grains[group.source])))
+        rest = {v.name: prefix.plan_view_features(gp, v, group.direction, group.reach_days) for v in group.views}
+        views = prefix.split_views(group.views, rest)
+        if views:
+            left.append(_Group(group.source, group.direction, views))
+    used = [p for p in plans.values() if p.features]
+    if not used:
+        return t, groups
+    con = ibis.get_backend(t)
+    spine = t.cache()
+    keys = con.to_pyarrow(spine.select(*KEY).order_by(list(KEY)))  # sorted: the searches then walk forward
+    if len(keys) and pc.max(keys["customer_id"]).as_py() > prefix.MAX_CUSTOMER_KEY:
+        log.warning("more than %d customers: prefix keys do not fit; using range joins", prefix.MAX_CUSTOMER_KEY)
+        return t, groups
+    table, red_cols, presence_cols = prefix.lookup_table(used, con, keys, shared.setdefault("running_totals", {}))
+    # A table in the engine, not a memtable: DuckDB keeps registered Arrow data until the connection
+    # closes, and it counts against (and spills under) the engine's memory limit. Batches of one
+    # build reuse the name, so each replaces the last one's lookups.
+    name = shared.setdefault("lookup_table", f"custops_prefix_lookups_{uuid.uuid4().hex[:12]}")
+    lookups = con.create_table(name, obj=table, temp=True, overwrite=True)
+    del table
+    feats = prefix.feature_columns(used, lookups, red_cols, presence_cols)
+    log.info(
+        "prefix plan: %d features from running totals, %d left to range joins",
+        len(feats),
+        sum(len(v.features) for g in left for v in g.views),
+    )
+    values = lookups.select(*KEY, **feats)
+    joined = spine.left_join(values, list(KEY)).select(*spine.columns, *[values[c] for c in feats])
+    return joined, left
 
 
 def _integer_keys(tables: Mapping[str, ir.Table], materialize: bool) -> tuple[dict[str, ir.Table], ir.Table]:

@@ -1,5 +1,9 @@
 """Point-in-time correctness, property-based: events at or after a cutoff never change its features,
-and labels are exactly what happens in [cutoff, cutoff + horizon)."""
+and labels are exactly what happens in [cutoff, cutoff + horizon).
+
+These run DuckDB's default plan, the prefix plan (running totals and as-of lookups; see
+`tests/features/test_prefix.py::test_plan_choice`), on random data: events exactly at the cutoff,
+several events in one second, customers with no events."""
 
 from __future__ import annotations
 

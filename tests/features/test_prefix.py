@@ -1,0 +1,205 @@
+"""The prefix-sum / as-of plan computes exactly what the range-join plan computes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import ibis
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from custops.errors import ConfigError
+from custops.features import prefix
+from custops.features.builder import build_snapshot
+from custops.features.definitions import CUSTOMER, Feature, FeatureRegistry, FeatureView, build_registry, ratio, within
+from custops.features.engine import (
+    GRAINS,
+    _groups,
+    build_expression,
+    choose_plan,
+    normalize_cutoffs,
+    top_categories,
+)
+from custops.features.store import OfflineStore
+from custops.settings import FeatureSettings
+from tests.conftest import CUTOFFS, OBSERVED_UNTIL
+
+# Before any event (no customer exists), the fixture's two cutoffs, one where the 30-day windows are
+# empty but lifetime totals are not, and one after all data (empty label windows).
+EDGE_CUTOFFS = ["2023-12-01", *CUTOFFS, "2024-05-15", "2024-09-01"]
+
+
+def tables_of(validated: Path) -> dict[str, ibis.Table]:
+    con = ibis.duckdb.connect()
+    return {
+        t: con.read_parquet(str(validated / f"{t}.parquet"), table_name=t)
+        for t in ("transactions", "interactions", "customers")
+    }
+
+
+def run(validated: Path, registry: FeatureRegistry, cutoffs: list[str], plan: str) -> pd.DataFrame:
+    expr = build_expression(
+        tables_of(validated), normalize_cutoffs(cutoffs), registry, observed_until=OBSERVED_UNTIL, plan=plan
+    )
+    return expr.to_pandas().sort_values(["customer_id", "cutoff"]).reset_index(drop=True)
+
+
+def assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Same rows and columns; NULLs in the same places; floats to 1e-9 relative, the rest exactly."""
+    assert list(a.columns) == list(b.columns)
+    assert a[["customer_id", "cutoff"]].equals(b[["customer_id", "cutoff"]])
+    bad = {}
+    for col in a.columns:
+        x, y = a[col], b[col]
+        if not x.isna().equals(y.isna()):
+            bad[col] = "NULL positions"
+        elif pd.api.types.is_float_dtype(x):
+            if not np.allclose(x.to_numpy(float), y.to_numpy(float), rtol=1e-9, atol=1e-12, equal_nan=True):
+                bad[col] = list(zip(x, y, strict=True))
+        elif not x[x.notna()].equals(y[y.notna()]):
+            bad[col] = list(zip(x, y, strict=True))
+    assert not bad, bad
+
+
+def test_prefix_plan_equals_range_plan_on_every_feature(hand_validated: Path, small_fs: FeatureSettings) -> None:
+    registry = build_registry(small_fs, top_categories(tables_of(hand_validated)["transactions"], 2))
+    by_range = run(hand_validated, registry, EDGE_CUTOFFS, "range")
+    by_prefix = run(hand_validated, registry, EDGE_CUTOFFS, "prefix")
+    assert_same(by_range, by_prefix)
+    rows = by_prefix.set_index(["customer_id", "cutoff"])
+    # windows without events are exactly 0 (not a float residue), lifetime totals still count
+    a_may = rows.loc[("A", pd.Timestamp("2024-05-15"))]
+    assert a_may["revenue_30d"] == 0.0 and a_may["orders_30d"] == 0 and a_may["revenue_total"] == 65.0
+    # a customer without purchases: counts 0, timestamps and BTYD ratios NULL
+    b_march = rows.loc[("B", pd.Timestamp("2024-03-01"))]
+    assert b_march["n_orders"] == 0 and pd.isna(b_march["first_purchase_at"]) and pd.isna(b_march["max_order_value"])
+    # nobody exists before the first event; D (signup 2024-05-01, no events) appears after it
+    assert pd.Timestamp("2023-12-01") not in set(by_prefix.cutoff)
+    d = rows.loc[("D", pd.Timestamp("2024-05-15"))]
+    assert d["n_orders"] == 0 and d["interactions_90d"] == 0 and pd.isna(d["last_interaction_at"])
+
+
+def custom_registry() -> FeatureRegistry:
+    """Shapes the defaults do not use: NULL semantics without fills, expressions over aggregates,
+    and features that cannot be prefix sums (they must fall back to the range join)."""
+    feats = (
+        Feature(
+            name="rev_14d_nofill",
+            description="Sum without fill (NULL when empty).",
+            expr=lambda t: t.revenue.sum(where=within(t, 14)),
+        ),
+        Feature(
+            name="orders_14d_nofill",
+            description="Count without fill.",
+            expr=lambda t: t.order_start.count(where=within(t, 14)),
+        ),
+        Feature(
+            name="big_share_60d",
+            description="Share of revenue in orders over 25 (ratio of two windowed sums, static predicate).",
+            expr=lambda t: ratio(
+                t.revenue.sum(where=within(t, 60) & (t.revenue > 25)), t.revenue.sum(where=within(t, 60))
+            ),
+        ),
+        Feature(
+            name="max_order_60d",
+            description="Windowed max: no prefix form.",
+            expr=lambda t: t.revenue.max(where=within(t, 60)),
+        ),
+        Feature(
+            name="mean_order_60d",
+            description="Mean: no prefix form.",
+            expr=lambda t: t.revenue.mean(where=within(t, 60)),
+        ),
+    )
+    windowed = FeatureView(
+        name="customer_60d_test",
+        entity=CUSTOMER,
+        description="test",
+        kind="aggregate",
+        source="order_events",
+        window_days=60,
+        features=feats,
+    )
+    lifetime = FeatureView(
+        name="customer_lifetime_test",
+        entity=CUSTOMER,
+        description="test",
+        kind="aggregate",
+        source="order_events",
+        features=(
+            Feature(
+                name="n_orders",
+                description="Orders.",
+                expr=lambda t: t.order_start.sum().cast("int64"),
+                dtype="int64",
+                fill=0,
+            ),
+            Feature(
+                name="first_at", description="First purchase.", expr=lambda t: t.timestamp.min(), dtype="timestamp"
+            ),
+            Feature(name="quantity_nofill", description="Units, NULL for non-buyers.", expr=lambda t: t.quantity.sum()),
+        ),
+    )
+    return FeatureRegistry(views=(lifetime, windowed))
+
+
+def test_prefix_plan_keeps_null_semantics_and_falls_back_for_other_shapes(hand_validated: Path) -> None:
+    registry = custom_registry()
+    plans: dict[str, prefix.GrainPlan] = {}
+    left = {}
+    con = ibis.duckdb.connect()
+    grain = GRAINS["order_events"][1](con.read_parquet(str(hand_validated / "transactions.parquet")))
+    for group in _groups(registry):
+        plan = plans.setdefault(group.source, prefix.GrainPlan(group.source, prefix.template(grain)))
+        for v in group.views:
+            left[v.name] = [f.name for f in prefix.plan_view_features(plan, v, group.direction, group.reach_days)]
+    assert left == {"customer_lifetime_test": [], "customer_60d_test": ["max_order_60d", "mean_order_60d"]}
+    assert {pf.feature.name for pf in plans["order_events"].features} == {
+        "n_orders",
+        "first_at",
+        "quantity_nofill",
+        "rev_14d_nofill",
+        "orders_14d_nofill",
+        "big_share_60d",
+    }
+
+    by_range = run(hand_validated, registry, EDGE_CUTOFFS, "range")
+    by_prefix = run(hand_validated, registry, EDGE_CUTOFFS, "prefix")
+    assert_same(by_range, by_prefix)
+    rows = by_prefix.set_index(["customer_id", "cutoff"])
+    # A at 04-01: o3 (03-10, 30.0) is in the 60-day reach, nothing in the last 14 days
+    a_april = rows.loc[("A", pd.Timestamp("2024-04-01"))]
+    assert pd.isna(a_april["rev_14d_nofill"]) and a_april["orders_14d_nofill"] == 0
+    assert math.isclose(a_april["big_share_60d"], 30 / 50) and a_april["max_order_60d"] == 30.0
+    b_march = rows.loc[("B", pd.Timestamp("2024-03-01"))]  # no order at all yet: the left join's NULLs
+    assert pd.isna(b_march["orders_14d_nofill"]) and pd.isna(b_march["quantity_nofill"]) and b_march["n_orders"] == 0
+
+
+def test_plan_choice(hand_validated: Path) -> None:
+    tables = tables_of(hand_validated)
+    assert choose_plan(tables) == "prefix"  # DuckDB: so the point-in-time property test runs the prefix plan
+    assert choose_plan(tables, materialize=False) == "range"
+    assert choose_plan(tables, "range") == "range"
+    with pytest.raises(ConfigError, match="needs materialize"):
+        choose_plan(tables, "prefix", materialize=False)
+    with pytest.raises(ConfigError, match="plan 'asof' is not known"):
+        choose_plan(tables, "asof")
+
+
+def test_batched_build_writes_one_snapshot_equal_to_one_batch(
+    hand_validated: Path, small_fs: FeatureSettings, tmp_path: Path
+) -> None:
+    whole = build_snapshot(hand_validated, OfflineStore(tmp_path / "a"), small_fs, cutoffs=EDGE_CUTOFFS)
+    # 4 customers and 2 rows per batch: one cutoff per batch, streamed into one Parquet file;
+    # rows: A, B at 03-01; C too at 04-01; D (signed up 05-01) too at 05-15 and 09-01
+    batched = build_snapshot(hand_validated, OfflineStore(tmp_path / "b"), small_fs, cutoffs=EDGE_CUTOFFS, batch_rows=2)
+    assert pq.ParquetFile(batched.features_path).metadata.num_rows == len(whole.read()) == 2 + 3 + 4 + 4
+    assert pq.read_schema(batched.features_path).names == pq.read_schema(whole.features_path).names
+    key = ["customer_id", "cutoff"]
+    a = whole.read().sort_values(key).reset_index(drop=True)
+    b = batched.read().sort_values(key).reset_index(drop=True)
+    assert_same(a, b)
+    assert batched.manifest["rows_per_cutoff"] == whole.manifest["rows_per_cutoff"]
