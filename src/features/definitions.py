@@ -522,9 +522,18 @@ RFM_SEGMENTS: tuple[tuple[str, str], ...] = (
 VALUE_TIERS: tuple[tuple[str, float], ...] = (("platinum", 0.9), ("gold", 0.7), ("silver", 0.4), ("bronze", 0.0))
 
 
+def _rank_key(value: ir.NumericValue) -> ir.NumericValue:
+    """The value a rank orders by: floats rounded to 1e-6, so that sums equal up to rounding tie.
+
+    Running-total (DuckDB) and range-join (Spark) plans add the same amounts in different orders, so
+    a tie can come out as 196.83 vs 196.82999999999998 and move a customer across a tier boundary.
+    """
+    return value.round(6) if value.type().is_floating() else value
+
+
 def _quintile(t: ir.Table, col: str, *, descending: bool = False) -> ir.IntegerValue:
     """1..5 score from the cumulative distribution among buyers at the same cutoff (ties share a score)."""
-    key = ibis.desc(t[col]) if descending else ibis.asc(t[col])
+    key = ibis.desc(_rank_key(t[col])) if descending else ibis.asc(_rank_key(t[col]))
     w = ibis.window(group_by=[t.cutoff, t.is_buyer], order_by=key)
     score = (ibis.cume_dist().over(w) * 5).ceil().clip(lower=1, upper=5).cast("int64")
     return ibis.ifelse(t.is_buyer, score, ibis.null("int64"))
@@ -546,7 +555,7 @@ def _score_in(score: ir.IntegerValue, spec: str) -> ir.BooleanValue:
 
 
 def _value_tier(t: ir.Table, revenue_col: str) -> ir.StringValue:
-    w = ibis.window(group_by=[t.cutoff, t.is_buyer], order_by=ibis.asc(t[revenue_col]))
+    w = ibis.window(group_by=[t.cutoff, t.is_buyer], order_by=ibis.asc(_rank_key(t[revenue_col])))
     pct = ibis.percent_rank().over(w)
     tier = ibis.cases(*[(pct >= lo, name) for name, lo in VALUE_TIERS], else_="bronze")
     return ibis.cases((~t.is_buyer, "none"), (t[revenue_col] <= 0, "inactive"), else_=tier)
