@@ -57,10 +57,10 @@ def server_env(settings: Settings, serving: ServingSettings | None = None) -> di
     return env
 
 
-def server_command(host: str = "127.0.0.1", port: int = 3000, reload: bool = False) -> list[str]:
-    """`bentoml serve` for the custops service with this interpreter."""
+def server_command(host: str = "127.0.0.1", port: int = 3000, reload_code: bool = False) -> list[str]:
+    """`bentoml serve` for the custops service with this interpreter (`reload_code`: restart on code edits)."""
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
-    if reload:
+    if reload_code:
         # Watch the service code only: the default (the working directory) may hold .custops/,
         # whose prediction log changes on every request and would restart the server in a loop.
         cmd += ["--reload", "--working-dir", str(SERVING_DIR)]
@@ -71,7 +71,7 @@ def start_server(
     settings: Settings,
     host: str = "127.0.0.1",
     port: int = 3000,
-    reload: bool = False,
+    reload_code: bool = False,
     *,
     serving: ServingSettings | None = None,
     extra_env: Mapping[str, str] | None = None,
@@ -79,7 +79,7 @@ def start_server(
 ) -> subprocess.Popen[bytes]:
     """Start the server in the background (its own process group, so `stop_server` reaches every worker)."""
     env = server_env(settings, serving) | dict(extra_env or {})
-    return subprocess.Popen(server_command(host, port, reload), env=env, start_new_session=True, **popen)
+    return subprocess.Popen(server_command(host, port, reload_code), env=env, start_new_session=True, **popen)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 120.0) -> None:
@@ -120,7 +120,7 @@ def serve(
     settings: Settings,
     host: str = "127.0.0.1",
     port: int = 3000,
-    reload: bool = False,
+    reload_code: bool = False,
     *,
     serving: ServingSettings | None = None,
 ) -> int:
@@ -128,7 +128,7 @@ def serve(
 
     Serving options not given in `serving` come from CUSTOPS_SERVING_* variables, as in the server.
     """
-    process = start_server(settings, host, port, reload, serving=serving)
+    process = start_server(settings, host, port, reload_code, serving=serving)
     try:
         return process.wait()
     except KeyboardInterrupt:

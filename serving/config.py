@@ -33,6 +33,13 @@ class ServingSettings(BaseSettings):
         "(0: no waiting, but requests queued meanwhile are still scored together).",
     )
     workers: int = Field(1, ge=1, description="Server worker processes (each loads the models).")
+    watch_seconds: float = Field(
+        0,
+        ge=0,
+        description="Hot reload: every this many seconds each worker checks the registry's champion aliases and "
+        "the online store's snapshot, and swaps in new models / a refreshed store (0: off; `custops serve "
+        "--reload` sets it to 10 unless given).",
+    )
 
     def api_key(self) -> str | None:
         """The configured API key, or None when authentication is off."""

@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from custops.errors import CustopsError, StoreError
 from custops.features.store import OfflineStore, OnlineStore
+from custops.models.datasets import TASKS
 from custops.models.registry import CHAMPION, Registry
 from custops.pipelines.scoring import (
     SEGMENT_COLUMNS,
@@ -183,6 +184,11 @@ class LoadedModels:
     loaded_at: dt.datetime
     inputs: list[str]  # the model-input columns the prediction log records
     descriptions: dict[str, str]  # feature descriptions: the words of the churn reasons
+    snapshot_id: str | None = None  # the online store's snapshot when loaded
+
+    def generation(self) -> tuple[tuple[tuple[str, str], ...], str | None, str | None]:
+        """What a reload would change: champion versions, recommender version, online snapshot."""
+        return tuple(sorted(self.versions.items())), self.recommender_version, self.snapshot_id
 
     @property
     def versions(self) -> dict[str, str]:
@@ -222,7 +228,19 @@ class LoadedModels:
             loaded_at=dt.datetime.now(dt.UTC),
             inputs=model_inputs(champions),
             descriptions={f.name: f.description for f in features if f.description},
+            snapshot_id=meta.get("snapshot_id"),
         )
+
+
+def current_generation(settings: Settings) -> tuple[tuple[tuple[str, str], ...], str | None, str | None]:
+    """`LoadedModels.generation()` as the registry and the online store say now (cheap: no model loads)."""
+    registry = Registry(settings)
+    champions = {task: registry.alias_version(task, CHAMPION) for task in TASKS}
+    versions = tuple(sorted((t, str(v)) for t, v in champions.items() if v is not None))
+    rec = registry.alias_version(RECOMMENDER, CHAMPION)
+    store = OnlineStore(settings.online_store_path)
+    snapshot = store.metadata().get("snapshot_id") if store.path.exists() else None
+    return versions, (str(rec) if rec is not None else None), snapshot
 
 
 def _model_info(registry: Registry, task: str, version: str) -> ModelInfo:
@@ -399,6 +417,9 @@ class CustopsService:
             )
             for reasons in (True, False)
         }
+        self._stop_watch = threading.Event()
+        if self.serving.watch_seconds > 0:
+            threading.Thread(target=self._watch, name="champion-watch", daemon=True).start()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -429,6 +450,22 @@ class CustopsService:
         finally:
             self._load_lock.release()
 
+    def _watch(self) -> None:
+        """Hot reload: poll the registry aliases and the online store; swap in what changed.
+
+        Each worker polls for itself, so every worker of a multi-worker server follows a promotion,
+        a rollback or a `features materialize` within `watch_seconds` (unlike POST /admin/reload).
+        """
+        while not self._stop_watch.wait(self.serving.watch_seconds):
+            try:
+                now = current_generation(self.settings)
+                models = self.models
+                if models is None or models.generation() != now:
+                    log.info("registry or online store changed (%s): reloading", now)
+                    self._load()
+            except Exception:  # the registry briefly unreachable must not kill the watcher
+                log.warning("champion watch: check failed; retrying in %ss", self.serving.watch_seconds, exc_info=True)
+
     def __is_ready__(self) -> bool:
         if self.models is None and time.monotonic() - self._last_attempt > RETRY_LOAD_SECONDS:
             self._load()
@@ -437,6 +474,7 @@ class CustopsService:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         """Finish queued scoring and write every logged prediction before the worker exits."""
+        self._stop_watch.set()
         for batcher in self.batchers.values():
             batcher.close()
         if self.prediction_log is not None:

@@ -1024,7 +1024,12 @@ def serve(
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: every interface).")] = "127.0.0.1",
     reload: Annotated[
-        bool, typer.Option("--reload", help="Restart when the service code changes (development).")
+        bool,
+        typer.Option(
+            "--reload",
+            help="Hot reload: pick up a new champion (promote/rollback) and a refreshed online store without a "
+            "restart; each worker checks every CUSTOPS_SERVING_WATCH_SECONDS (10 unless set).",
+        ),
     ] = False,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Worker processes (default: CUSTOPS_SERVING_WORKERS or 1).")
@@ -1037,10 +1042,17 @@ def serve(
         from custops.serving.config import ServingSettings
 
         s = _settings()
-        serving = ServingSettings(workers=workers) if workers is not None else ServingSettings()
+        options: dict[str, Any] = {} if workers is None else {"workers": workers}
+        if reload and ServingSettings().watch_seconds == 0:
+            options["watch_seconds"] = 10.0
+        serving = ServingSettings(**options)
         auth = "on (X-API-Key)" if serving.api_key() else "off"
         out.print(f"Serving {s.home} on http://{host}:{port}  (docs at /, probes /healthz /readyz, auth {auth})")
-        code = run_server(s, host=host, port=port, reload=reload, serving=serving)
+        if serving.watch_seconds > 0:
+            out.print(
+                f"Hot reload on: new champions and store refreshes are picked up within {serving.watch_seconds:g} s"
+            )
+        code = run_server(s, host=host, port=port, serving=serving)
         if code not in (0, None):
             raise typer.Exit(1)
 

@@ -39,13 +39,16 @@ class Server:
     settings: Settings
     workdir: Path
     api_key: str | None = None
+    watch_seconds: float = 0.0
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
     _log: object = field(default=None, repr=False)
 
     @property
     def serving(self) -> ServingSettings:
-        return ServingSettings(max_batch=MAX_BATCH, max_k=MAX_K, log_dir=self.workdir / "logs")
+        return ServingSettings(
+            max_batch=MAX_BATCH, max_k=MAX_K, log_dir=self.workdir / "logs", watch_seconds=self.watch_seconds
+        )
 
     @property
     def log_db(self) -> Path:
@@ -116,7 +119,8 @@ def servers(serving_settings: Settings, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp("servers")
     found = {
         "open": Server(serving_settings, root / "open"),
-        "auth": Server(serving_settings, root / "auth", api_key=API_KEY),
+        # The auth server also runs with hot reload (as `custops serve --reload`), polling every second.
+        "auth": Server(serving_settings, root / "auth", api_key=API_KEY, watch_seconds=1.0),
     }
     try:
         for server in found.values():  # start both, then wait: the start-ups overlap
@@ -137,7 +141,7 @@ def server(servers: dict[str, Server]) -> Server:
 
 @pytest.fixture
 def auth_server(servers: dict[str, Server]) -> Server:
-    """The server that wants X-API-Key."""
+    """The server that wants X-API-Key (and hot-reloads new champions)."""
     return servers["auth"].ensure_running()
 
 
