@@ -137,14 +137,7 @@ def build_snapshot(
 
     def write(path: Path) -> dict[str, Any]:
         write_batched(con, tables, cuts, registry, observed_until, path, batch_rows=batch_rows)
-        written = con.read_parquet(str(path))
-        counts = (
-            written.group_by("cutoff")
-            .aggregate(rows=written.count(), buyers=(written.n_orders > 0).sum())
-            .order_by("cutoff")
-            .to_pandas()
-        )
-        return _count_entries(counts)
+        return _count_entries(path)
 
     def write_spark(path: Path) -> dict[str, Any]:
         staging = path.parent / ".spark-parts"
@@ -156,16 +149,10 @@ def build_snapshot(
         schema = pa.schema([f.with_nullable(f.name not in not_null) for f in expr.schema().to_pyarrow()])
         merge_parquet_parts(staging, path, schema)
         shutil.rmtree(staging, ignore_errors=True)
-        with duckdb.connect() as db:  # the merged file is local: count it without another Spark job
-            counts = db.execute(
-                "SELECT cutoff, count(*) AS rows, count_if(n_orders > 0) AS buyers "
-                "FROM read_parquet(?) GROUP BY cutoff ORDER BY cutoff",
-                [str(path)],
-            ).df()
         info = {"version": session.version}
         with contextlib.suppress(Exception):  # Spark Connect sessions have no SparkContext
             info["master"] = session.sparkContext.master
-        return {**_count_entries(counts), "spark": info}
+        return {**_count_entries(path), "spark": info}
 
     return store.write(sid, write_spark if engine == "spark" else write, manifest)
 
@@ -220,7 +207,16 @@ def _record_batches(con: Any, expr: Any) -> pa.RecordBatchReader:
     return con._to_duckdb_relation(expr).to_arrow_reader(BATCH_CHUNK_ROWS)
 
 
-def _count_entries(counts: pd.DataFrame) -> dict[str, Any]:
+def _count_entries(path: Path) -> dict[str, Any]:
+    """Rows and buyers per cutoff of a written snapshot file, for the manifest (read by a local DuckDB,
+    whichever engine wrote it: no further Spark job, no table left registered on the build's connection).
+    """
+    with duckdb.connect() as db:
+        counts = db.execute(
+            "SELECT cutoff, count(*) AS rows, count_if(n_orders > 0) AS buyers "
+            "FROM read_parquet(?) GROUP BY cutoff ORDER BY cutoff",
+            [str(path)],
+        ).df()
     return {
         "rows_per_cutoff": {str(pd.Timestamp(r.cutoff).date()): int(r.rows) for r in counts.itertuples()},
         "buyers_per_cutoff": {str(pd.Timestamp(r.cutoff).date()): int(r.buyers) for r in counts.itertuples()},
