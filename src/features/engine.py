@@ -14,6 +14,7 @@ The expression is engine-portable Ibis: DuckDB by default, PySpark with the same
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -378,11 +379,12 @@ def _attach_prefix_features(
         log.warning("more than %d customers: prefix keys do not fit; using range joins", prefix.MAX_CUSTOMER_KEY)
         return t, groups
     table, red_cols, presence_cols = prefix.lookup_table(used, con, keys, shared.setdefault("running_totals", {}))
-    # A table in the engine, not a memtable: DuckDB keeps registered Arrow data until the connection
-    # closes, and it counts against (and spills under) the engine's memory limit. Batches of one
-    # build reuse the name, so each replaces the last one's lookups.
+    # The Arrow table is registered as a view DuckDB scans in place (no copy into the engine:
+    # copying it with CREATE TABLE cost more than computing it). Batches of one build reuse the
+    # name, so each replaces the last one's lookups; `release_lookups` drops the last.
     name = shared.setdefault("lookup_table", f"custops_prefix_lookups_{uuid.uuid4().hex[:12]}")
-    lookups = con.create_table(name, obj=table, temp=True, overwrite=True)
+    con.con.register(name, table)
+    lookups = con.table(name)
     del table
     feats = prefix.feature_columns(used, lookups, red_cols, presence_cols)
     log.info(
@@ -393,6 +395,14 @@ def _attach_prefix_features(
     values = lookups.select(*KEY, **feats)
     joined = spine.left_join(values, list(KEY)).select(*spine.columns, *[values[c] for c in feats])
     return joined, left
+
+
+def release_lookups(con: Any, shared: Mapping[str, Any]) -> None:
+    """Unregister the last batch's lookup table (its Arrow memory is freed with it)."""
+    name = shared.get("lookup_table")
+    if name is not None:
+        with contextlib.suppress(Exception):  # never registered (no prefix features) or already gone
+            con.con.unregister(name)
 
 
 def _integer_keys(tables: Mapping[str, ir.Table], materialize: bool) -> tuple[dict[str, ir.Table], ir.Table]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -393,6 +394,27 @@ def _to_arrow(values: np.ndarray, null: np.ndarray | None, dtype: pa.DataType) -
     return pa.array(values, mask=null).cast(dtype)
 
 
+# Grains are looked up on this many threads: numpy's binary searches and gathers release the GIL.
+LOOKUP_THREADS = 2
+
+
+def _grain_columns(
+    plan: GrainPlan, prefix: _Prefix, cust: np.ndarray, cutoff_s: np.ndarray
+) -> tuple[dict[ops.Value, pa.Array], dict[Window, pa.Array]]:
+    """Every lookup (per reduction node) and presence flag (per window) of one grain."""
+    sp = _Spine(cust, cutoff_s)  # positions of this grain only: freed when it is done
+    reds: dict[ops.Value, pa.Array] = {}
+    presences: dict[Window, pa.Array] = {}
+    for pf in plan.features:
+        for red, lk in pf.lookups.items():
+            if red not in reds:
+                reds[red] = _lookup_array(plan, prefix, sp, 0, lk, red)
+        if pf.presence is not None and pf.presence not in presences:
+            rows = plan.measures[Measure("rows", None, None)]
+            presences[pf.presence] = pa.array(_window_total(prefix, rows, sp, 0, pf.presence) > 0)
+    return reds, presences
+
+
 def lookup_table(
     plans: Sequence[GrainPlan], con: Any, spine: pa.Table, cache: dict[str, Any] | None = None
 ) -> tuple[pa.Table, dict[int, dict[ops.Value, str]], dict[int, dict[Window, str]]]:
@@ -404,32 +426,31 @@ def lookup_table(
     """
     cust = spine["customer_id"].to_numpy().astype(np.int64)
     cutoff_s = np.floor_divide(spine["cutoff"].cast(pa.int64()).to_numpy(), 1_000_000)
-    sp = _Spine(cust, cutoff_s)
+    prefixes = []
+    for plan in plans:  # running totals one grain at a time: each is a query on the engine
+        if cache is not None and plan.source in cache:
+            prefixes.append(cache[plan.source])
+            continue
+        prefixes.append(_running(plan, con))
+        if cache is not None:
+            cache[plan.source] = prefixes[-1]
+    with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="custops-lookups") as pool:
+        results = list(pool.map(lambda pair: _grain_columns(*pair, cust, cutoff_s), zip(plans, prefixes, strict=True)))
     columns: dict[str, pa.Array] = {}
     red_cols: dict[int, dict[ops.Value, str]] = {}
     presence_cols: dict[int, dict[Window, str]] = {}
-    for gid, plan in enumerate(plans):
-        if cache is not None and plan.source in cache:
-            prefix = cache[plan.source]
-        else:
-            prefix = _running(plan, con)
-            if cache is not None:
-                cache[plan.source] = prefix
+    for gid, (plan, (reds, presences)) in enumerate(zip(plans, results, strict=True)):
         red_cols[gid], presence_cols[gid] = {}, {}
-        for pf in plan.features:
-            for red, lk in pf.lookups.items():
-                if red in red_cols[gid]:
-                    continue
-                name = f"r{len(columns)}"
-                columns[name] = _lookup_array(plan, prefix, sp, gid, lk, red)
-                red_cols[gid][red] = name
+        for pf in plan.features:  # names in declaration order, whichever thread finished first
+            for red in pf.lookups:
+                if red not in red_cols[gid]:
+                    name = f"r{len(columns)}"
+                    columns[name] = reds[red]
+                    red_cols[gid][red] = name
             if pf.presence is not None and pf.presence not in presence_cols[gid]:
                 name = f"p{len(columns)}"
-                rows = plan.measures[Measure("rows", None, None)]
-                columns[name] = pa.array(_window_total(prefix, rows, sp, gid, pf.presence) > 0)
+                columns[name] = presences[pf.presence]
                 presence_cols[gid][pf.presence] = name
-        sp.cache.clear()  # positions of this grain are not needed again; free them
-        log.debug("prefix lookups of %s: %d measures, %d features", plan.source, len(plan.measures), len(plan.features))
     table = spine
     for name, values in columns.items():
         table = table.append_column(name, values)
