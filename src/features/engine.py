@@ -262,8 +262,11 @@ def build_expression(
     if "keyed" not in shared:
         keyed, ids = _integer_keys(tables, materialize)
         if physical == "prefix":
-            # Every grain and the customers read the re-keyed events once each: join the ids once.
-            keyed = {n: tab.cache() if n != "customers" else tab for n, tab in keyed.items()}
+            # Every grain and the customers read the re-keyed events once each: join the ids once,
+            # keeping only the columns they read (e.g. not the interactions' product and channel).
+            keyed = {
+                n: tab.select(*_read_columns(n, tab)).cache() if n != "customers" else tab for n, tab in keyed.items()
+            }
         shared["keyed"] = keyed, ids
     tables, ids = shared["keyed"]
     if "customers" not in shared:
@@ -281,6 +284,13 @@ def build_expression(
             grains[group.source] = grain
     if physical == "prefix":
         t, groups = _attach_prefix_features(t, groups, grains, shared)
+        if not groups:
+            # Every grain's running totals are computed and kept: the re-keyed events are not read
+            # again by this or a later batch, so their copies leave the engine's memory.
+            for name, tab in tables.items():
+                if name != "customers" and isinstance(tab.op(), ops.PhysicalTable):
+                    with contextlib.suppress(Exception):  # already released by an earlier batch
+                        tab.release()
     for source in {g.source for g in groups}:
         if materialize and not isinstance(grains[source].op(), ops.InMemoryTable):
             # Materialise each grain the range join reads once: both directions read it. (An empty
@@ -403,6 +413,35 @@ def release_lookups(con: Any, shared: Mapping[str, Any]) -> None:
     if name is not None:
         with contextlib.suppress(Exception):  # never registered (no prefix features) or already gone
             con.con.unregister(name)
+
+
+def _read_columns(table_name: str, tab: ir.Table) -> list[str]:
+    """The columns of a source table that its grains or the customers' first activity may read.
+
+    A superset, by name: every column a grain names on a derived relation, and every column it
+    reads from the table itself except those a projection only passes through (`mutate` lists
+    them all).
+    """
+    rel = tab.op()
+    used = {"customer_id", "timestamp"}
+    for source, make in GRAINS.values():
+        if source != table_name:
+            continue
+        root = make(tab).op()
+        used |= {f.name for f in root.find(ops.Field) if f.rel != rel}
+        for node in root.find(ops.Relation):
+            if rel not in node.__children__:
+                continue
+            if isinstance(node, ops.Project):
+                values = [v for k, v in node.values.items() if not (isinstance(v, ops.Field) and v.name == k)]
+            else:  # filter predicates, group keys, metrics, sort keys
+                values = []
+                for arg in node.__args__:
+                    items = arg.values() if isinstance(arg, Mapping) else arg if isinstance(arg, tuple) else [arg]
+                    values += [v for v in items if isinstance(v, ops.Value)]
+            for v in values:
+                used |= {f.name for f in v.find(ops.Field, filter=ops.Value) if f.rel == rel}
+    return [c for c in tab.columns if c in used]
 
 
 def _integer_keys(tables: Mapping[str, ir.Table], materialize: bool) -> tuple[dict[str, ir.Table], ir.Table]:
