@@ -27,7 +27,6 @@ import ibis
 import ibis.expr.operations as ops
 import ibis.expr.types as ir
 import pandas as pd
-import pyarrow.compute as pc
 
 from custops.errors import ConfigError
 from custops.features import prefix
@@ -385,9 +384,6 @@ def _attach_prefix_features(
     con = ibis.get_backend(t)
     spine = t.cache()
     keys = con.to_pyarrow(spine.select(*KEY).order_by(list(KEY)))  # sorted: the searches then walk forward
-    if len(keys) and pc.max(keys["customer_id"]).as_py() > prefix.MAX_CUSTOMER_KEY:
-        log.warning("more than %d customers: prefix keys do not fit; using range joins", prefix.MAX_CUSTOMER_KEY)
-        return t, groups
     table, red_cols, presence_cols = prefix.lookup_table(used, con, keys, shared.setdefault("running_totals", {}))
     # The Arrow table is registered as a view DuckDB scans in place (no copy into the engine:
     # copying it with CREATE TABLE cost more than computing it). Batches of one build reuse the

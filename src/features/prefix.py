@@ -19,11 +19,13 @@ Which features fit is derived from the declared expressions themselves (definiti
 source); anything that does not fit (a windowed max, an unknown predicate form, an expression that
 reads the cutoff outside its reductions) stays on the range-join plan.
 
-The as-of lookups are binary searches over the sorted grain keys (`numpy.searchsorted`) rather than
-DuckDB's `ASOF JOIN`: measured at 5M events, one ASOF JOIN costs ~0.6 s CPU per boundary offset and
-each extra join to bring its columns together another ~0.6 s, and a snapshot needs ~17 offsets (each
-window bound of each grain); one sort of each grain answers every offset here for ~0.1 s. Only
-backends we can fetch Arrow data from in-process use this plan (see `custops.features.engine`).
+The as-of lookups are binary searches within each customer's rows of the sorted grain (numba
+kernels) rather than DuckDB's `ASOF JOIN`: measured at 5M events, one ASOF JOIN costs ~0.6 s CPU per
+boundary offset and each extra join to bring its columns together another ~0.6 s, and a snapshot
+needs ~17 offsets (each window bound of each grain); one sort of each grain answers every offset
+here. (numpy's `searchsorted` over the whole grain, and one numpy pass per gather/difference/mask,
+took about 2 µs per spine row at 20M events; the kernels do one pass per lookup.) Only backends
+we can fetch Arrow data from in-process use this plan (see `custops.features.engine`).
 """
 
 from __future__ import annotations
@@ -47,12 +49,8 @@ from custops.features.definitions import Feature, FeatureView
 log = logging.getLogger(__name__)
 
 DAY_SECONDS = 86_400
-# Sort key of a grain row: customer key in the high bits, seconds since 1970 (shifted to be positive)
-# in the low 38 bits. Flooring to whole seconds is exact here: every lookup boundary is a cutoff
-# (midnight) plus whole days, and for integer b, `ts < b` <=> `floor(ts) < b`.
-TIME_BITS = 38
-TIME_SHIFT = 1 << (TIME_BITS - 1)
-MAX_CUSTOMER_KEY = (1 << (63 - TIME_BITS)) - 1
+# Grain times are compared as whole seconds since 1970. Flooring is exact here: every lookup
+# boundary is a cutoff (midnight) plus whole days, and for integer b, `ts < b` <=> `floor(ts) < b`.
 
 
 @dataclass(frozen=True)
@@ -240,11 +238,16 @@ def _plan_feature(plan: GrainPlan, f: Feature, tmpl: ir.Table, rel: ops.Relation
 
 @dataclass
 class _Prefix:
-    """A grain's sorted keys and per-customer running totals (one array per measure)."""
+    """A grain's rows sorted by (customer, time) and every measure's running total per customer.
 
-    keys: np.ndarray
+    `row_start[c]` is the first row of customer key `c` (rows of `c` are `row_start[c]` up to
+    `row_start[c + 1]`), so a lookup searches only that customer's few rows.
+    """
+
+    row_start: np.ndarray
+    seconds: np.ndarray
     totals: dict[str, np.ndarray]
-    nulls: dict[str, np.ndarray]  # for max/min: True where no value yet
+    empty: dict[str, Any]  # max/min measure name -> identity value marking "no value yet"
 
 
 def _measure_expr(m: Measure) -> ir.Value:
@@ -269,10 +272,10 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
     table = con.to_pyarrow(rows)
     cust = table["customer_id"].to_numpy().astype(np.int64)
     secs = np.floor_divide(table["timestamp"].cast(pa.int64()).to_numpy(), 1_000_000)
-    keys = (cust << TIME_BITS) + (secs + TIME_SHIFT)
+    row_start = np.searchsorted(cust, np.arange(int(cust.max()) + 2 if len(cust) else 1))
     starts = _block_starts(cust)
     lengths = np.diff(np.append(starts, len(cust)))
-    totals, nulls = {}, {}
+    totals: dict[str, np.ndarray] = {}
     grouped: dict[str, dict[str, np.ndarray]] = {"cumsum": {}, "cummax": {}, "cummin": {}}
     fills: dict[str, Any] = {}
     for m, name in plan.measures.items():
@@ -303,9 +306,7 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
                 run = getattr(pd.DataFrame(columns).groupby(codes, sort=False), how)()
                 for name in columns:
                     totals[name] = run[name].to_numpy()
-                    if name in fills:
-                        nulls[name] = totals[name] == fills[name]
-    return _Prefix(keys, totals, nulls)
+    return _Prefix(row_start, secs, totals, fills)
 
 
 def _block_starts(cust: np.ndarray) -> np.ndarray:
@@ -323,68 +324,49 @@ def _extreme_input(col: pa.ChunkedArray, kind: str) -> tuple[np.ndarray, Any]:
     return col.cast(pa.float64()).fill_null(fill).to_numpy(), fill
 
 
-@dataclass
-class _Spine:
-    cust: np.ndarray
-    cutoff_s: np.ndarray
-    cache: dict[tuple[int, int | None], Any] = field(default_factory=dict)
+class _GrainLookups:
+    """Lookups of one grain for the spine rows; positions are computed once per boundary offset."""
+
+    def __init__(self, prefix: _Prefix, cust: np.ndarray, cutoff_s: np.ndarray) -> None:
+        from custops.features import kernels  # numba: imported (~0.7 s) only by builds that need it
+
+        self.k = kernels
+        self.prefix, self.cust, self.cutoff_s = prefix, cust, cutoff_s
+        self.first: np.ndarray | None = None
+        self.positions: dict[int, np.ndarray] = {}
+
+    def position(self, offset: int) -> np.ndarray:
+        """Per spine row: one past the customer's last row with `timestamp < cutoff + offset days`."""
+        if offset not in self.positions:
+            bound = self.cutoff_s + offset * DAY_SECONDS
+            self.first, self.positions[offset] = self.k.positions(
+                self.prefix.row_start, self.prefix.seconds, self.cust, bound
+            )
+        return self.positions[offset]
+
+    def window_total(self, name: str, w: Window) -> np.ndarray:
+        total = self.prefix.totals[name]
+        hi = self.position(w.hi)
+        if w.lo is None:
+            return self.k.total_at(total, self.first, hi)
+        return self.k.window_total(total, self.first, self.position(w.lo), hi)
+
+    def extreme(self, name: str, w: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Running max/min at the window's end, and where it is NULL (no row, or no value yet)."""
+        hi = self.position(w.hi)
+        values = self.k.total_at(self.prefix.totals[name], self.first, hi)
+        return values, (hi <= self.first) | (values == self.prefix.empty[name])
 
 
-@dataclass(frozen=True)
-class _Position:
-    """Per spine row: index of the grain's last row before a boundary, and whether there is one."""
-
-    index: np.ndarray  # clipped to 0 where `has` is False
-    has: np.ndarray
-
-
-def _position(prefix: _Prefix, spine: _Spine, gid: int, offset: int) -> _Position:
-    """The last row of each spine row's customer with `timestamp < cutoff + offset days`."""
-    key = (gid, offset)
-    if key not in spine.cache:
-        if (gid, None) not in spine.cache:
-            spine.cache[(gid, None)] = np.searchsorted(prefix.keys, spine.cust << TIME_BITS, side="left")
-        start = spine.cache[(gid, None)]
-        q = (spine.cust << TIME_BITS) + (spine.cutoff_s + (offset * DAY_SECONDS + TIME_SHIFT))
-        pos = np.searchsorted(prefix.keys, q, side="left")
-        has = pos > start
-        spine.cache[key] = _Position(np.maximum(pos - 1, 0), has)
-    return spine.cache[key]
-
-
-def _at(total: np.ndarray, p: _Position) -> np.ndarray:
-    """Running total at each position (0 where the customer has no earlier row)."""
-    if len(total) == 0:
-        return np.zeros(len(p.has), dtype=total.dtype)
-    return np.where(p.has, total.take(p.index), np.zeros(1, dtype=total.dtype))
-
-
-def _window_total(prefix: _Prefix, name: str, spine: _Spine, gid: int, w: Window) -> np.ndarray:
-    hi = _position(prefix, spine, gid, w.hi)
-    total = prefix.totals[name]
-    top = _at(total, hi)
-    if w.lo is None:
-        return top
-    lo = _position(prefix, spine, gid, w.lo)
-    # Both bounds on the same row (no row in the window): exactly 0, whatever the totals' rounding.
-    same = (hi.index == lo.index) & (hi.has == lo.has)
-    return np.where(same, np.zeros(1, dtype=top.dtype), top - _at(total, lo))
-
-
-def _lookup_array(
-    plan: GrainPlan, prefix: _Prefix, spine: _Spine, gid: int, lk: Lookup, red: ops.Reduction
-) -> pa.Array:
+def _lookup_array(plan: GrainPlan, lookups: _GrainLookups, lk: Lookup, red: ops.Reduction) -> pa.Array:
     name = plan.measures[lk.measure]
     dtype = red.dtype.to_pyarrow()
     if lk.measure.kind in ("max", "min"):
-        hi = _position(prefix, spine, gid, lk.window.hi)
-        values = _at(prefix.totals[name], hi)
-        null = ~hi.has | _at(prefix.nulls[name], hi)
-        return _to_arrow(values, null, dtype)
-    values = _window_total(prefix, name, spine, gid, lk.window)
+        return _to_arrow(*lookups.extreme(name, lk.window), dtype)
+    values = lookups.window_total(name, lk.window)
     null = None
     if lk.nonnull is not None:
-        null = _window_total(prefix, plan.measures[lk.nonnull], spine, gid, lk.window) == 0
+        null = lookups.window_total(plan.measures[lk.nonnull], lk.window) == 0
     return _to_arrow(values, null, dtype)
 
 
@@ -394,7 +376,7 @@ def _to_arrow(values: np.ndarray, null: np.ndarray | None, dtype: pa.DataType) -
     return pa.array(values, mask=null).cast(dtype)
 
 
-# Grains are looked up on this many threads: numpy's binary searches and gathers release the GIL.
+# Grains are looked up on this many threads (the kernels release the GIL).
 LOOKUP_THREADS = 2
 
 
@@ -402,16 +384,16 @@ def _grain_columns(
     plan: GrainPlan, prefix: _Prefix, cust: np.ndarray, cutoff_s: np.ndarray
 ) -> tuple[dict[ops.Value, pa.Array], dict[Window, pa.Array]]:
     """Every lookup (per reduction node) and presence flag (per window) of one grain."""
-    sp = _Spine(cust, cutoff_s)  # positions of this grain only: freed when it is done
+    lookups = _GrainLookups(prefix, cust, cutoff_s)  # positions of this grain only: freed when it is done
     reds: dict[ops.Value, pa.Array] = {}
     presences: dict[Window, pa.Array] = {}
     for pf in plan.features:
         for red, lk in pf.lookups.items():
             if red not in reds:
-                reds[red] = _lookup_array(plan, prefix, sp, 0, lk, red)
+                reds[red] = _lookup_array(plan, lookups, lk, red)
         if pf.presence is not None and pf.presence not in presences:
             rows = plan.measures[Measure("rows", None, None)]
-            presences[pf.presence] = pa.array(_window_total(prefix, rows, sp, 0, pf.presence) > 0)
+            presences[pf.presence] = pa.array(lookups.window_total(rows, pf.presence) > 0)
     return reds, presences
 
 

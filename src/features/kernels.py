@@ -1,0 +1,65 @@
+"""Numba kernels of the prefix plan's as-of lookups (`custops.features.prefix`).
+
+Hand-written loops rather than numpy: a lookup searches one customer's few rows of a grain, and a
+window total is a gather, a difference and an emptiness test per spine row. In numpy that is a
+`searchsorted` over the whole grain plus one full pass per operation (about 2 µs per spine row at
+20M events); here it is one pass. Compiled on first use and cached next to this file.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True)
+def positions(
+    row_start: np.ndarray, seconds: np.ndarray, cust: np.ndarray, bound: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per spine row: the customer's first row, and the first of its rows at or after `bound`.
+
+    Hand-written loop (numba) rather than `numpy.searchsorted` over the whole grain: each search
+    covers one customer's rows only, and the spine is sorted by customer, so the reads walk forward.
+    """
+    n = len(cust)
+    first = np.empty(n, np.int64)
+    pos = np.empty(n, np.int64)
+    last = len(row_start) - 1
+    for i in range(n):
+        c = cust[i]
+        if c < last:
+            lo, hi = row_start[c], row_start[c + 1]
+        else:  # no row of this customer in the grain
+            lo, hi = len(seconds), len(seconds)
+        first[i] = lo
+        b = bound[i]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if seconds[mid] < b:
+                lo = mid + 1
+            else:
+                hi = mid
+        pos[i] = lo
+    return first, pos
+
+
+@numba.njit(nogil=True, cache=True)
+def total_at(total: np.ndarray, first: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Running total just before each position (0 where the customer has no earlier row)."""
+    out = np.zeros(len(pos), total.dtype)
+    for i in range(len(pos)):
+        if pos[i] > first[i]:
+            out[i] = total[pos[i] - 1]
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def window_total(total: np.ndarray, first: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Total within [lo, hi): exactly 0 when no row falls in it, whatever the running totals' rounding."""
+    out = np.zeros(len(hi), total.dtype)
+    for i in range(len(hi)):
+        if hi[i] != lo[i]:
+            top = total[hi[i] - 1] if hi[i] > first[i] else total.dtype.type(0)
+            bottom = total[lo[i] - 1] if lo[i] > first[i] else total.dtype.type(0)
+            out[i] = top - bottom
+    return out
