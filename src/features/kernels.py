@@ -63,3 +63,40 @@ def window_total(total: np.ndarray, first: np.ndarray, lo: np.ndarray, hi: np.nd
             bottom = total[lo[i] - 1] if lo[i] > first[i] else total.dtype.type(0)
             out[i] = top - bottom
     return out
+
+
+SUM, MAX, MIN = 0, 1, 2
+
+
+@numba.njit(nogil=True, cache=True)
+def running(values: np.ndarray, cust: np.ndarray, how: int, identity: float | int) -> np.ndarray:
+    """Per-customer running sum / max / min of `values` over rows sorted by customer.
+
+    Each customer starts from `identity` (0, or the fill that marks "no value yet") and combines
+    its rows in order exactly as pandas' grouped cumsum (compensated sum)/cummax/cummin do (a NaN
+    stays at its row and is skipped by the total), without their group codes and frame copies.
+    """
+    out = np.empty_like(values)
+    start = values.dtype.type(identity)
+    acc = start
+    comp = values.dtype.type(0)  # Kahan compensation of a float sum, as pandas' group_cumsum keeps
+    for i in range(len(values)):
+        if i == 0 or cust[i] != cust[i - 1]:
+            acc = start
+            comp = values.dtype.type(0)
+        v = values[i]
+        if v != v:  # NaN
+            out[i] = v
+            continue
+        if how == SUM:
+            y = v - comp
+            t = acc + y
+            comp = (t - acc) - y
+            acc = t
+        elif how == MAX:
+            if v > acc:
+                acc = v
+        elif v < acc:
+            acc = v
+        out[i] = acc
+    return out

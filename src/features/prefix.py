@@ -41,7 +41,6 @@ import ibis
 import ibis.expr.operations as ops
 import ibis.expr.types as ir
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from custops.features.definitions import Feature, FeatureView
@@ -266,20 +265,25 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
     Rows sharing a timestamp need no merging: a lookup reads the total at the last row before
     its boundary, which includes all of them.
     """
+    from custops.features import kernels  # numba: imported (~0.7 s) only by builds that need it
+
     tmpl = plan.template
     values = {name: _measure_expr(m) for m, name in plan.measures.items()}
     rows = tmpl.select("customer_id", "timestamp", **values).order_by(["customer_id", "timestamp"])
     table = con.to_pyarrow(rows)
     cust = table["customer_id"].to_numpy().astype(np.int64)
     secs = np.floor_divide(table["timestamp"].cast(pa.int64()).to_numpy(), 1_000_000)
+    if len(secs) and secs.min() >= -(2**31) and secs.max() < 2**31:
+        secs = secs.astype(np.int32)  # seconds until 2038: half the memory, kept for the whole build
+    table = table.drop_columns(["customer_id", "timestamp"])
     row_start = np.searchsorted(cust, np.arange(int(cust.max()) + 2 if len(cust) else 1))
     starts = _block_starts(cust)
     lengths = np.diff(np.append(starts, len(cust)))
     totals: dict[str, np.ndarray] = {}
-    grouped: dict[str, dict[str, np.ndarray]] = {"cumsum": {}, "cummax": {}, "cummin": {}}
     fills: dict[str, Any] = {}
     for m, name in plan.measures.items():
         col = table[name]
+        table = table.drop_columns([name])  # each column's buffers go once it is converted
         if m.kind in ("sum", "count", "rows"):
             if pa.types.is_boolean(col.type):
                 col = col.cast(pa.int64())  # sum of a predicate counts its true rows
@@ -287,25 +291,21 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
             if values.dtype.kind in "iub":
                 values = values.astype(np.int64)
                 # Integer running totals are exact, so one global cumsum minus each customer's
-                # starting total is exact too (and faster than a grouped one).
+                # starting total is exact too (and faster than a per-customer one).
                 cum = np.cumsum(values)
                 cum -= np.repeat(cum[starts] - values[starts], lengths)
                 if len(cum) and np.abs(cum).max() < 2**31:
                     cum = cum.astype(np.int32)  # half the memory: these arrays live for the whole build
                 totals[name] = cum
             else:
-                # Floats: a grouped cumsum, so rounding depends on this customer's totals only.
-                grouped["cumsum"][name] = values
+                # Floats: summed per customer from its first row, so rounding depends on this
+                # customer's amounts only (as a grouped cumsum; a global one would not be).
+                totals[name] = kernels.running(values, cust, kernels.SUM, 0)
         else:
             values, fills[name] = _extreme_input(col, m.kind)
-            grouped["cummax" if m.kind == "max" else "cummin"][name] = values
-    if any(grouped.values()):
-        codes = np.repeat(np.arange(len(starts)), lengths)
-        for how, columns in grouped.items():
-            if columns:
-                run = getattr(pd.DataFrame(columns).groupby(codes, sort=False), how)()
-                for name in columns:
-                    totals[name] = run[name].to_numpy()
+            how = kernels.MAX if m.kind == "max" else kernels.MIN
+            totals[name] = kernels.running(values, cust, how, fills[name])
+        del col, values
     return _Prefix(row_start, secs, totals, fills)
 
 
