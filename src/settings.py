@@ -14,6 +14,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+# A DuckDB memory size, e.g. "1500MB", "2GB", "1.5GiB".
+MEMORY_SIZE_PATTERN = r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
+
 
 class FeatureSettings(BaseModel):
     """How features and labels are computed."""
@@ -31,6 +34,14 @@ class FeatureSettings(BaseModel):
     at_risk_days: int = Field(90, ge=1, description="Days since last purchase after which a customer is 'at-risk'.")
     churned_days: int = Field(180, ge=1, description="Days since last purchase after which a customer is 'churned'.")
     loyal_min_orders_365d: int = Field(4, ge=1, description="Orders in the last 365 days that make a customer 'loyal'.")
+    # How the DuckDB engine runs (not what it computes: left out of snapshot fingerprints).
+    memory_limit: str | None = Field(
+        None,
+        pattern=MEMORY_SIZE_PATTERN,
+        description="DuckDB memory cap for feature builds, e.g. '1500MB' (default: DuckDB's, 80% of RAM); it "
+        "spills to disk beyond it. The process also holds the running totals (~60 bytes per event).",
+    )
+    threads: int | None = Field(None, ge=1, description="DuckDB threads for feature builds (default: all cores).")
 
     @field_validator("windows_days", "engagement_windows_days")
     @classmethod

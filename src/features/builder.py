@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import queue
+import re
 import shutil
 import subprocess
 import threading
@@ -33,7 +34,7 @@ from custops.features.engine import (
 )
 from custops.features.store import OfflineStore, Snapshot
 from custops.io import file_sha256
-from custops.settings import FeatureSettings, SparkSettings
+from custops.settings import MEMORY_SIZE_PATTERN, FeatureSettings, SparkSettings
 from custops.spark import analysis_error, is_uri, spark_path
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ REQUIRED_TABLES = ("transactions", "customers")
 OPTIONAL_TABLES = ("interactions",)
 ENGINES = ("duckdb", "spark")
 MERGE_BATCH_ROWS = 131_072
+# FeatureSettings that change how a build runs, not what it computes (not part of the fingerprint).
+EXECUTION_SETTINGS = {"memory_limit", "threads"}
 # DuckDB engine: (customer, cutoff) rows computed per batch of cutoffs (bounds peak memory: about
 # 1.5 KB per row between the lookups and the materialised feature table), and rows per Arrow batch.
 BATCH_ROWS = 1_500_000
@@ -66,6 +69,8 @@ def connect(
     if threads:
         con.raw_sql(f"SET threads = {int(threads)}")
     if memory_limit:
+        if not re.fullmatch(MEMORY_SIZE_PATTERN, memory_limit):
+            raise ConfigError(f"memory limit {memory_limit!r} is not a size such as '1500MB' or '2GB'")
         con.raw_sql(f"SET memory_limit = '{memory_limit}'")
     return con
 
@@ -109,7 +114,7 @@ def build_snapshot(
     """
     if engine not in ENGINES:
         raise ConfigError(f"engine {engine!r} is not supported (choose one of: {', '.join(ENGINES)})")
-    con = con or connect(engine, spark=spark)
+    con = con or connect(engine, spark=spark, threads=fs.threads, memory_limit=fs.memory_limit)
     if engine == "spark":
         tables, sources = _read_spark_sources(con, validated_dir)
         source_label = str(validated_dir)
@@ -332,7 +337,7 @@ def _fingerprint(
         {
             "sources": {k: v.get("sha256") or v["content_hash"] for k, v in sources.items()},
             "cutoffs": [str(c) for c in cuts],
-            "settings": fs.model_dump(mode="json"),
+            "settings": fs.model_dump(mode="json", exclude=EXECUTION_SETTINGS),
             "categories": list(cats),
             "code": custops.__version__,
         },

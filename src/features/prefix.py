@@ -306,6 +306,7 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
             how = kernels.MAX if m.kind == "max" else kernels.MIN
             totals[name] = kernels.running(values, cust, how, fills[name])
         del col, values
+    log.debug("running totals of %s: %d rows, %d measures", plan.source, len(secs), len(totals))
     return _Prefix(row_start, secs, totals, fills)
 
 

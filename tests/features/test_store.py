@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
-from custops.errors import StoreError
+from custops.errors import ConfigError, StoreError
+from custops.features import builder
 from custops.features.builder import build_snapshot
 from custops.features.store import OfflineStore, OnlineStore
 from custops.io import file_sha256
@@ -48,6 +50,30 @@ def test_rebuild_is_reproducible(hand_validated: Path, store: OfflineStore, smal
     b = build_snapshot(hand_validated, b_store, small_fs, cutoffs=CUTOFFS)
     assert a.manifest["fingerprint"] == b.manifest["fingerprint"]
     pd.testing.assert_frame_equal(a.read(), b.read())
+
+
+def test_engine_limits_apply_without_changing_the_snapshot(
+    hand_validated: Path, store: OfflineStore, small_fs: FeatureSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, int]] = []
+    real_connect = builder.connect
+
+    def spy(*args, **kwargs):
+        con = real_connect(*args, **kwargs)
+        seen.append(con.raw_sql("SELECT current_setting('memory_limit'), current_setting('threads')").fetchone())
+        return con
+
+    monkeypatch.setattr(builder, "connect", spy)
+    limited = small_fs.model_copy(update={"memory_limit": "256MB", "threads": 1})
+    a = build_snapshot(hand_validated, store, limited, cutoffs=CUTOFFS)
+    assert seen == [("244.1 MiB", 1)]  # 256 MB as DuckDB reports it
+    b = build_snapshot(hand_validated, OfflineStore(store.root.parent / "other"), small_fs, cutoffs=CUTOFFS)
+    assert a.manifest["fingerprint"] == b.manifest["fingerprint"]  # how it ran is not what it computed
+    pd.testing.assert_frame_equal(a.read(), b.read())
+    with pytest.raises(ValidationError, match="memory_limit"):
+        FeatureSettings(memory_limit="lots")
+    with pytest.raises(ConfigError, match="'lots' is not a size"):
+        real_connect("duckdb", memory_limit="lots")
 
 
 def test_crashed_build_leaves_previous_snapshot_intact(
