@@ -216,6 +216,10 @@ def features_build(
     engine: Annotated[str | None, typer.Option(help="duckdb or spark (default: settings `engine`).")] = None,
     spark_master: Annotated[str | None, typer.Option(help="Spark master URL (implies spark).")] = None,
     materialize: Annotated[bool, typer.Option(help="Also refresh the online store.")] = True,
+    memory_limit: Annotated[
+        str | None, typer.Option(help="DuckDB memory cap, e.g. 1500MB (default: settings, else 80% of RAM).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="DuckDB threads (default: all cores).")] = None,
 ) -> None:
     """Compute point-in-time features and labels at each cutoff into a new offline snapshot."""
 
@@ -226,6 +230,10 @@ def features_build(
         s = _engine_settings(_settings(), engine, spark_master)
         if n_cutoffs:
             s.features.n_cutoffs = n_cutoffs
+        if memory_limit:
+            s.features.memory_limit = memory_limit  # checked where the engine is configured (ConfigError)
+        if threads:
+            s.features.threads = threads
         with _step("Building feature snapshot"):
             snap = build_features(s, cutoffs=cutoff)
         _print_snapshot(snap)
