@@ -73,7 +73,15 @@ def make_model(task: str, settings: Settings, features: Sequence[str]) -> Any:
         n_jobs=m.num_threads,
     )
     if task == "churn":
-        return ChurnModel(risk_bands=m.risk_bands, **common)
+        # Its own tree shape: every served churn score is explained (pred_contrib), and shallow trees
+        # make that several times cheaper at the same accuracy (see ModelSettings.churn_max_depth).
+        shape = dict(
+            n_estimators=m.churn_n_estimators,
+            learning_rate=m.churn_learning_rate,
+            num_leaves=m.churn_num_leaves,
+            max_depth=m.churn_max_depth,
+        )
+        return ChurnModel(risk_bands=m.risk_bands, **(common | shape))
     if task == "propensity":
         return PropensityModel(category_max_rows=m.category_max_rows, **common)
     if task == "clv":

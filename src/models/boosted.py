@@ -49,6 +49,7 @@ class _Boosted(BaseEstimator):
         n_estimators: int = 400,
         learning_rate: float = 0.05,
         num_leaves: int = 31,
+        max_depth: int = -1,
         min_child_samples: int = 50,
         random_state: int = 42,
         n_jobs: int = 1,
@@ -57,6 +58,7 @@ class _Boosted(BaseEstimator):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
+        self.max_depth = max_depth
         self.min_child_samples = min_child_samples
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -66,6 +68,7 @@ class _Boosted(BaseEstimator):
             "objective": objective,
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
+            "max_depth": self.max_depth,
             "min_child_samples": self.min_child_samples,
             "seed": self.random_state,
             "num_threads": self.n_jobs,
@@ -86,7 +89,8 @@ class _Boosted(BaseEstimator):
         return self.encoder_.transform(X)
 
     def _encode(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "encoder_")
+        if "encoder_" not in self.__dict__:  # sklearn's check costs ~5 us a call (tags): only ask it to raise
+            check_is_fitted(self, "encoder_")
         if isinstance(X, np.ndarray):
             if X.ndim != 2 or X.shape[1] != self.n_features_in_:
                 raise ValueError(f"expected {self.n_features_in_} encoded features, got shape {X.shape}")
@@ -161,6 +165,7 @@ class ChurnModel(BinaryBoostedModel):
         n_estimators: int = 400,
         learning_rate: float = 0.05,
         num_leaves: int = 31,
+        max_depth: int = -1,
         min_child_samples: int = 50,
         random_state: int = 42,
         n_jobs: int = 1,
@@ -170,6 +175,7 @@ class ChurnModel(BinaryBoostedModel):
             n_estimators=n_estimators,
             learning_rate=learning_rate,
             num_leaves=num_leaves,
+            max_depth=max_depth,
             min_child_samples=min_child_samples,
             random_state=random_state,
             n_jobs=n_jobs,
@@ -198,6 +204,7 @@ class PropensityModel(BinaryBoostedModel):
         n_estimators: int = 400,
         learning_rate: float = 0.05,
         num_leaves: int = 31,
+        max_depth: int = -1,
         min_child_samples: int = 50,
         random_state: int = 42,
         n_jobs: int = 1,
@@ -207,6 +214,7 @@ class PropensityModel(BinaryBoostedModel):
             n_estimators=n_estimators,
             learning_rate=learning_rate,
             num_leaves=num_leaves,
+            max_depth=max_depth,
             min_child_samples=min_child_samples,
             random_state=random_state,
             n_jobs=n_jobs,

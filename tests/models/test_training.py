@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 from custops.models.registry import CHALLENGER, CHAMPION, Registry
-from custops.pipelines.training import PRIMARY_METRIC, TrainResult, train_task
-from custops.settings import Settings
+from custops.pipelines.training import PRIMARY_METRIC, TrainResult, make_model, train_task
+from custops.settings import ModelSettings, Settings
 from tests.conftest import copy_feature_store, model_test_settings
 
 pytestmark = pytest.mark.slow
@@ -112,3 +112,15 @@ def test_retraining_on_the_same_snapshot_and_seed_is_reproducible(
         assert again.metrics == r.metrics, task
         assert again.baselines == r.baselines, task
         assert again.split == r.split, task
+
+
+def test_churn_trees_take_their_own_shape_from_the_settings(tmp_path: Path) -> None:
+    """Churn's reasons are TreeSHAP on every served score: its tree shape is set apart from the other tasks'."""
+    models = ModelSettings(churn_max_depth=3, churn_num_leaves=7, churn_learning_rate=0.2, churn_n_estimators=50)
+    settings = Settings(home=tmp_path, models=models)
+    churn, propensity = make_model("churn", settings, ["a"]), make_model("propensity", settings, ["a"])
+    shape = ("max_depth", "num_leaves", "learning_rate", "n_estimators")
+    assert [churn.get_params()[p] for p in shape] == [3, 7, 0.2, 50]
+    assert [propensity.get_params()[p] for p in shape] == [-1, models.num_leaves, models.learning_rate, 400]
+    defaults = make_model("churn", Settings(home=tmp_path), ["a"]).get_params()
+    assert [defaults[p] for p in shape] == [4, 15, 0.1, 200]
