@@ -136,6 +136,15 @@ class _EncodedRows:
         return matrix
 
 
+def _orders(rows: pd.DataFrame) -> np.ndarray:
+    """`n_orders` as floats (NaN where missing), cheaply for the service's object frames."""
+    column = rows["n_orders"]
+    try:
+        return np.asarray(column.to_numpy(), dtype=np.float64)  # None -> NaN, no per-cell isna (~50 us a row)
+    except (TypeError, ValueError):  # pd.NA (nullable dtypes) or numeric text
+        return pd.to_numeric(column).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def predict_rows(
     rows: pd.DataFrame,
     champions: dict[str, Champion],
@@ -150,7 +159,7 @@ def predict_rows(
     """
     churn, clv, propensity = champions["churn"].model, champions["clv"].model, champions["propensity"].model
     n = len(rows)
-    buyer = pd.to_numeric(rows["n_orders"]).to_numpy(dtype=np.float64, na_value=np.nan) > 0 if n else np.zeros(0, bool)
+    buyer = _orders(rows) > 0 if n else np.zeros(0, bool)
     encoded = _EncodedRows(rows)
 
     churn_p, value = np.full(n, np.nan), np.full(n, np.nan)

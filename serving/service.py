@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import functools
+import gc
 import hmac
 import json
 import logging
@@ -112,6 +113,7 @@ class StoreReader:
         self._key: tuple[int, int, int] | None = None
         self._meta: dict[str, str] = {}
         self._local = threading.local()
+        self._timestamps: dict[str, pd.Timestamp] = {}
 
     def _connection(self, key: tuple[int, int, int]) -> Any:
         held = getattr(self._local, "held", None)
@@ -161,12 +163,24 @@ class StoreReader:
         if not records:
             return pd.DataFrame(columns=["customer_id", "cutoff"]), meta
         # One object block, values as SQLite gives them (float, int, str, None): the models' encoders
-        # convert them anyway, and per-column type inference would cost 10x the lookup.
+        # convert them anyway. Per-column type inference (~0.4 ms), or a datetime64 `cutoff` column
+        # (~0.6 ms: it splits the block), would cost several times the lookup.
         values = np.empty((len(records), len(columns)), dtype=object)
         values[:] = records
-        rows = pd.DataFrame(values, columns=columns)
-        rows["cutoff"] = pd.to_datetime(rows["cutoff"], format="ISO8601")  # SQLite keeps timestamps as ISO text
-        return rows, meta
+        at = columns.index("cutoff")
+        values[:, at] = [self._timestamp(v) for v in values[:, at]]  # SQLite keeps timestamps as ISO text
+        return pd.DataFrame(values, columns=columns, dtype=object), meta
+
+    def _timestamp(self, text: str | None) -> pd.Timestamp | None:
+        """`pd.Timestamp(text)`, remembered: an online store holds one cutoff (and a few at most)."""
+        if text is None:
+            return None
+        parsed = self._timestamps.get(text)
+        if parsed is None:
+            if len(self._timestamps) > 1000:
+                self._timestamps.clear()
+            parsed = self._timestamps[text] = pd.Timestamp(text)
+        return parsed
 
 
 @dataclass(frozen=True)
@@ -230,6 +244,19 @@ class LoadedModels:
             descriptions={f.name: f.description for f in features if f.description},
             snapshot_id=meta.get("snapshot_id"),
         )
+
+
+def _freeze_heap() -> None:
+    """Hide every object alive now (libraries, loaded models) from the cyclic garbage collector.
+
+    Its full collections scan every tracked object, ~400k here before the first request; the ones the
+    request garbage triggers took ~15% of a 100-customer /score (34 vs 40 ms CPU in-process, measured).
+    Frozen objects are still freed by reference counting; the unfreeze-collect-freeze on each (re)load
+    lets the cycles of models replaced by a reload be collected.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def current_generation(settings: Settings) -> tuple[tuple[tuple[str, str], ...], str | None, str | None]:
@@ -316,18 +343,20 @@ def _time(value: Any) -> dt.datetime | None:
 def _score_items(
     rows: pd.DataFrame, scores: RowScores, settings: Settings, versions: dict[str, str], snapshot_id: str | None
 ) -> list[ScoreItem]:
-    """One ScoreItem per row. The values come from our own models, typed by construction, so the
-    items are built without re-validation (`model_construct`: ~40 us an item less on the hot path)."""
+    """One ScoreItem per row, validated: pydantic-core checks an item with three reasons in ~4 us, less
+    than `model_construct`'s Python loop takes to skip the checks (~10 us)."""
     fs = settings.features
     churn, clv = scores.churn_probability.tolist(), scores.clv.tolist()
     propensity = scores.purchase_propensity.tolist()
     categories = {c: v.tolist() for c, v in scores.propensity_by_category.items()}
-    segments = {c: rows[c].tolist() for c in SEGMENT_COLUMNS}
-    ids, cutoffs = rows["customer_id"].tolist(), rows["cutoff"].tolist()
+    # One object matrix (the store's frames are one object block: no copy) instead of a Series per column.
+    block, position = rows.to_numpy(dtype=object), {c: i for i, c in enumerate(rows.columns)}
+    segments = {c: block[:, position[c]].tolist() for c in SEGMENT_COLUMNS}
+    ids, cutoffs = block[:, position["customer_id"]].tolist(), block[:, position["cutoff"]].tolist()
     items = []
     for i, reasons in enumerate(scores.churn_reasons):
         items.append(
-            ScoreItem.model_construct(
+            ScoreItem(
                 customer_id=_text(ids[i]),
                 status=STATUS_OK,
                 cutoff=_time(cutoffs[i]),
@@ -343,9 +372,7 @@ def _score_items(
                 churn_top_reasons=None
                 if reasons is None
                 else [
-                    ReasonItem.model_construct(
-                        feature=r.feature, value=r.value, contribution=r.contribution, text=r.text
-                    )
+                    ReasonItem(feature=r.feature, value=r.value, contribution=r.contribution, text=r.text)
                     for r in reasons
                 ],
                 model_versions=versions,
@@ -432,6 +459,7 @@ class CustopsService:
             started = time.perf_counter()
             self.models = LoadedModels.load(self.settings)
             self.load_error = None
+            _freeze_heap()
             log.info(
                 "loaded %s from %s in %.1fs",
                 ", ".join(f"{t} v{v}" for t, v in self.models.versions.items()),
@@ -474,6 +502,7 @@ class CustopsService:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         """Finish queued scoring and write every logged prediction before the worker exits."""
+        gc.unfreeze()  # let the interpreter's exit see (and free) what `_freeze_heap` hid
         self._stop_watch.set()
         for batcher in self.batchers.values():
             batcher.close()

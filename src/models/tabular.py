@@ -57,15 +57,16 @@ class FrameEncoder:
         Numbers are converted as one block and categories through a cached code lookup: per-column
         pandas conversions cost ~4 ms for one row (the scoring endpoint's common case) against ~0.3 ms.
         """
-        missing = [c for c in self.columns if c not in X.columns]
+        position = {c: i for i, c in enumerate(X.columns)}  # a dict: ~50x faster than `in`/`get_indexer` on an Index
+        missing = [c for c in self.columns if c not in position]
         if missing:
             raise ValueError(f"feature frame lacks columns {missing}")
         numeric_pos, numeric_cols, categorical = self._layout()
         out = np.empty((len(X), len(self.columns)), dtype=np.float64)
-        if len(X) <= SMALL_FRAME and X.columns.is_unique:
+        if len(X) <= SMALL_FRAME and len(position) == len(X.columns):  # unique column names
             # A few rows (serving): one object matrix, sliced by position, beats selecting sub-frames.
             values = X.to_numpy(dtype=object)
-            where = X.columns.get_indexer(self.columns)
+            where = np.fromiter((position[c] for c in self.columns), dtype=np.intp, count=len(self.columns))
             try:
                 out[:, numeric_pos] = values[:, where[numeric_pos]].astype(np.float64)  # None -> NaN
             except (TypeError, ValueError):  # pd.NA or a non-numeric cell: the per-column path names it
@@ -112,8 +113,9 @@ class FrameEncoder:
         if lookup is None:
             lookup = lookups[column] = {v: float(i) for i, v in enumerate(self.categories[column])}
         raw = values.to_numpy(dtype=object) if isinstance(values, pd.Series) else values
-        absent = pd.isna(raw)
-        keys = [None if gone else v if type(v) is str else str(v) for v, gone in zip(raw, absent, strict=True)]
+        # Strings (the usual cell) go straight to the lookup; only other cells are asked `pd.isna`
+        # (one call on the whole array costs ~15 us, more than the lookups themselves).
+        keys = (v if type(v) is str else None if pd.isna(v) else str(v) for v in raw)
         return np.array([lookup.get(k, np.nan) for k in keys], dtype=np.float64)
 
     def __getstate__(self) -> dict:

@@ -155,3 +155,37 @@ def test_category_models_share_the_encoding_and_learn_from_a_seeded_sample(frame
     np.testing.assert_array_equal(roomy.predict_categories(X)["label_cat_x"], p_full)
     np.testing.assert_array_equal(sampled.predict_proba(X), full.predict_proba(X))
     assert clone(sampled).get_params()["category_max_rows"] == 600
+
+
+def _depth(node: dict) -> int:
+    return 0 if "leaf_index" in node else 1 + max(_depth(node["left_child"]), _depth(node["right_child"]))
+
+
+def test_max_depth_bounds_every_tree_and_reasons_are_the_served_boosters_contributions(frame: pd.DataFrame) -> None:
+    model = small(ChurnModel, max_depth=2, num_leaves=4).fit(frame, frame["y"], cutoff=frame["cutoff"])
+    assert model.get_params()["max_depth"] == 2
+    assert max(_depth(t["tree_structure"]) for t in model.booster_.dump_model()["tree_info"]) == 2
+    rows = frame.head(60)
+    X = model.encoder_.transform(rows)
+    contrib = model.booster_.predict(X, pred_contrib=True)
+    # TreeSHAP is exact for the served booster: contributions and bias add up to its raw score
+    np.testing.assert_allclose(contrib.sum(axis=1), model.booster_.predict(X, raw_score=True), rtol=0, atol=1e-9)
+    for reasons, c in zip(model.reasons(rows, k=2), contrib[:, :-1], strict=True):
+        top = [j for j in np.argsort(-c, kind="stable")[:2] if c[j] > 0]
+        assert [r.feature for r in reasons] == [FEATURES[j] for j in top]
+        np.testing.assert_allclose([r.contribution for r in reasons], c[top], rtol=0, atol=1e-12)
+
+
+def test_the_few_rows_path_encodes_like_the_column_path(frame: pd.DataFrame) -> None:
+    """Serving encodes a few rows from one object block (SQLite values); batch scoring column by column."""
+    data = frame[FEATURES].copy()
+    data.loc[3, "channel"], data.loc[4, "channel"], data.loc[5, "signal"] = pd.NA, "unseen", np.nan
+    enc = FrameEncoder.fit(frame, FEATURES)
+    assert len(data) > 1000  # the column path (SMALL_FRAME)
+    whole = enc.transform(data)
+    values = data.astype(object).where(data.notna(), None).to_numpy()  # floats, str and None, as SQLite returns them
+    pieces = [enc.transform(pd.DataFrame(values[i : i + 7], columns=FEATURES, dtype=object)) for i in range(0, 1200, 7)]
+    np.testing.assert_array_equal(np.vstack(pieces), whole)
+    assert np.isnan(whole[3, 2]) and np.isnan(whole[4, 2]) and np.isnan(whole[5, 0])
+    with pytest.raises(ValueError, match=r"lacks columns \['noise'\]"):
+        enc.transform(pd.DataFrame(values[:2, [0, 2]], columns=["signal", "channel"], dtype=object))
