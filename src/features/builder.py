@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import ibis
+import ibis.expr.operations as ops
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +30,10 @@ from custops.features.engine import (
     build_expression,
     default_cutoffs,
     normalize_cutoffs,
+    release_batch_tables,
     release_lookups,
+    replay_batch,
+    start_replay,
     top_categories,
 )
 from custops.features.store import OfflineStore, Snapshot
@@ -196,22 +200,29 @@ def write_batched(
         finally:
             release_lookups(con, shared)
         return pq.ParquetFile(path).metadata.num_rows
-    rows, writer = 0, None
+    rows, writer, final_sql = 0, None, None
+    start_replay(shared)  # the first batch records its queries; the others replay them (no compiling)
     try:
         for i in range(0, len(cuts), per_batch):
             batch_cuts = cuts[i : i + per_batch]
-            expr = build_expression(tables, batch_cuts, registry, observed_until=observed_until, shared=shared)
-            schema = expr.schema().to_pyarrow()
-            if writer is None:
-                writer = BackgroundParquetWriter(path, schema)
-            for batch in _record_batches(con, expr):
+            if final_sql is not None and replay_batch(con, shared, batch_cuts):
+                reader = con.con.sql(final_sql).to_arrow_reader(BATCH_CHUNK_ROWS)
+            else:
+                expr = build_expression(tables, batch_cuts, registry, observed_until=observed_until, shared=shared)
+                if writer is None:
+                    schema = expr.schema().to_pyarrow()
+                    writer = BackgroundParquetWriter(path, schema)
+                if shared.get("steps") is not None and not expr.op().find(ops.InMemoryTable):
+                    final_sql = con.compile(expr)  # replayable: raw SQL needs no memtable registered
+                reader = _record_batches(con, expr)
+            for batch in reader:
                 writer.write(batch.cast(schema) if batch.schema != schema else batch)
                 rows += batch.num_rows
             # The last chunks may still be queued: they hold their own data, not the lookups.
             release_lookups(con, shared)
             log.info("computed %d of %d cutoffs (%d rows)", i + len(batch_cuts), len(cuts), rows)
     finally:
-        release_lookups(con, shared)
+        release_batch_tables(con, shared)
         if writer is not None:
             writer.close()
     return rows

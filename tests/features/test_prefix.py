@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from custops.errors import ConfigError
-from custops.features import prefix
-from custops.features.builder import build_snapshot
+from custops.features import builder, prefix
+from custops.features.builder import build_snapshot, connect, write_batched
 from custops.features.definitions import CUSTOMER, Feature, FeatureRegistry, FeatureView, build_registry, ratio, within
 from custops.features.engine import (
     GRAINS,
@@ -23,6 +23,7 @@ from custops.features.engine import (
     normalize_cutoffs,
     top_categories,
 )
+from custops.features.engine import replay_batch as real_replay
 from custops.features.store import OfflineStore
 from custops.settings import FeatureSettings
 from tests.conftest import CUTOFFS, OBSERVED_UNTIL
@@ -190,12 +191,15 @@ def test_plan_choice(hand_validated: Path) -> None:
 
 
 def test_batched_build_writes_one_snapshot_equal_to_one_batch(
-    hand_validated: Path, small_fs: FeatureSettings, tmp_path: Path
+    hand_validated: Path, small_fs: FeatureSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole = build_snapshot(hand_validated, OfflineStore(tmp_path / "a"), small_fs, cutoffs=EDGE_CUTOFFS)
+    replayed = []
+    monkeypatch.setattr(builder, "replay_batch", lambda *a: replayed.append(real_replay(*a)) or replayed[-1])
     # 4 customers and 2 rows per batch: one cutoff per batch, streamed into one Parquet file;
     # rows: A, B at 03-01; C too at 04-01; D (signed up 05-01) too at 05-15 and 09-01
     batched = build_snapshot(hand_validated, OfflineStore(tmp_path / "b"), small_fs, cutoffs=EDGE_CUTOFFS, batch_rows=2)
+    assert replayed == [True] * (len(EDGE_CUTOFFS) - 1)  # batches after the first run the recorded SQL
     assert pq.ParquetFile(batched.features_path).metadata.num_rows == len(whole.read()) == 2 + 3 + 4 + 4
     assert pq.read_schema(batched.features_path).names == pq.read_schema(whole.features_path).names
     key = ["customer_id", "cutoff"]
@@ -230,3 +234,19 @@ def test_running_kernel_matches_pandas_grouped_cumulatives() -> None:
     first = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]])
     sums = kernels.running(values, cust, kernels.SUM, 0)
     assert np.array_equal(sums[first], values[first], equal_nan=True)
+
+
+def test_batched_build_with_range_joins_is_planned_per_batch(hand_validated: Path, tmp_path: Path) -> None:
+    """Features left to range joins are planned for each batch (no replay) and still equal one batch."""
+    registry = custom_registry()
+    con = connect()
+    tables = {
+        t: con.read_parquet(str(hand_validated / f"{t}.parquet"), table_name=f"src_{t}")
+        for t in ("transactions", "interactions", "customers")
+    }
+    cuts = normalize_cutoffs(EDGE_CUTOFFS)
+    write_batched(con, tables, cuts, registry, OBSERVED_UNTIL, tmp_path / "batched.parquet", batch_rows=2)
+    batched = pd.read_parquet(tmp_path / "batched.parquet").sort_values(["customer_id", "cutoff"])
+    whole = run(hand_validated, registry, EDGE_CUTOFFS, "prefix")
+    assert_same(whole, batched.reset_index(drop=True).astype(whole.dtypes.to_dict()))  # Parquet reads µs
+    assert "max_order_60d" in batched.columns  # a range-join feature
