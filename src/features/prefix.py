@@ -271,14 +271,15 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
     values = {name: _measure_expr(m) for m, name in plan.measures.items()}
     rows = tmpl.select("customer_id", "timestamp", **values).order_by(["customer_id", "timestamp"])
     table = con.to_pyarrow(rows)
-    cust = table["customer_id"].to_numpy().astype(np.int64)
+    cust = table["customer_id"].to_numpy().astype(np.int64, copy=False)
     secs = np.floor_divide(table["timestamp"].cast(pa.int64()).to_numpy(), 1_000_000)
     if len(secs) and secs.min() >= -(2**31) and secs.max() < 2**31:
         secs = secs.astype(np.int32)  # seconds until 2038: half the memory, kept for the whole build
     table = table.drop_columns(["customer_id", "timestamp"])
-    row_start = np.searchsorted(cust, np.arange(int(cust.max()) + 2 if len(cust) else 1))
-    starts = _block_starts(cust)
-    lengths = np.diff(np.append(starts, len(cust)))
+    # First row of each customer key: rows per key, accumulated.
+    row_start = np.zeros((int(cust.max()) + 2) if len(cust) else 1, dtype=np.int64)
+    if len(cust):
+        np.cumsum(np.bincount(cust), out=row_start[1:])
     totals: dict[str, np.ndarray] = {}
     fills: dict[str, Any] = {}
     for m, name in plan.measures.items():
@@ -289,13 +290,11 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
                 col = col.cast(pa.int64())  # sum of a predicate counts its true rows
             values = col.fill_null(0).to_numpy()
             if values.dtype.kind in "iub":
-                values = values.astype(np.int64)
-                # Integer running totals are exact, so one global cumsum minus each customer's
-                # starting total is exact too (and faster than a per-customer one).
-                cum = np.cumsum(values)
-                cum -= np.repeat(cum[starts] - values[starts], lengths)
-                if len(cum) and np.abs(cum).max() < 2**31:
-                    cum = cum.astype(np.int32)  # half the memory: these arrays live for the whole build
+                # Integer running totals are exact in any order; kept as int32 when they fit (half
+                # the memory: these arrays live for the whole build).
+                cum = kernels.running(values.astype(np.int64, copy=False), cust, kernels.SUM, 0)
+                if len(cum) and cum.min() >= -(2**31) and cum.max() < 2**31:
+                    cum = cum.astype(np.int32)
                 totals[name] = cum
             else:
                 # Floats: summed per customer from its first row, so rounding depends on this
@@ -308,12 +307,6 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
         del col, values
     log.debug("running totals of %s: %d rows, %d measures", plan.source, len(secs), len(totals))
     return _Prefix(row_start, secs, totals, fills)
-
-
-def _block_starts(cust: np.ndarray) -> np.ndarray:
-    if len(cust) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]])
 
 
 def _extreme_input(col: pa.ChunkedArray, kind: str) -> tuple[np.ndarray, Any]:
