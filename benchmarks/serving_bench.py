@@ -13,11 +13,14 @@ Open loop means requests are sent on a fixed schedule whatever the answers (at m
 `--max-in-flight` outstanding), so an overloaded server shows up as latency and a lower achieved
 rate rather than as a politely slower client. Reported per scenario: achieved request rate,
 throughput (requests and customers per second), p50/p95/p99/max latency and the error count
-(non-200 answers, transport errors, or answers that do not match the in-process scores).
+(non-200 answers, transport errors, or answers that do not match the in-process scores), the CPU
+time per request of the server (all its processes, read from /proc) and of the load generator, and
+the 1-minute load average when the scenario started. On a shared machine latency follows the
+neighbours' load; the CPU columns much less so.
 
 The in-process floor makes the same predictions without HTTP, one request's work at a time in one
-thread: `OnlineStore.get` (one open connection, as the server keeps) + `predict_rows` for the same
-batch sizes, and `Recommender.recommend`; it is reported as wall time and as CPU time per call
+thread: the service's `StoreReader.read` (one open connection, as the server keeps) + `predict_rows`
+for the same batch sizes, and `Recommender.recommend`; it is reported as wall time and as CPU time per call
 (`time.process_time`), the latter being what other processes on a shared machine do not inflate.
 `ratio` is served p50 / floor p50. The load generator shares the machine with the server, so on a
 small machine its CPU use lowers the served numbers.
@@ -61,7 +64,7 @@ DEFAULT_OUT = HERE / "results" / "serving.json"
 DEFAULT_HOME = Path(tempfile.gettempdir()) / "custops-serving-bench" / ".custops"
 AS_OF = "2026-01-01T00:00:00"
 
-console = Console(stderr=True, width=160)
+console = Console(stderr=True, width=200)
 log = logging.getLogger("serving_bench")
 
 
@@ -74,6 +77,8 @@ class Result:
     mode: str
     target_rate: float | None
     load_before: float | None = None  # 1-minute load average when the scenario started
+    server_cpu_s: float | None = None  # CPU time of every server process during the scenario
+    client_cpu_s: float | None = None  # CPU time of this process (the load generator) during the scenario
     sent: int = 0
     ok: int = 0
     errors: int = 0
@@ -92,8 +97,60 @@ class Result:
             p95_ms=float(np.percentile(lat, 95)),
             p99_ms=float(np.percentile(lat, 99)),
             max_ms=float(np.max(lat)),
+            server_cpu_ms_per_request=1000 * self.server_cpu_s / self.sent if self.server_cpu_s and self.sent else None,
+            client_cpu_ms_per_request=1000 * self.client_cpu_s / self.sent if self.client_cpu_s and self.sent else None,
         )
         return out
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process below it (the server's workers)."""
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        todo += [int(c) for c in children]
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux /proc; 0 where unreadable)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def metered(result: Result, server_pid: int | None, load: Awaitable[None]) -> None:
+    """Run one scenario's load and record the CPU time the server and this process spent meanwhile."""
+    with CPUMeter(server_pid) as cpu:
+        await load
+    result.server_cpu_s, result.client_cpu_s = cpu.server_s, cpu.client_s
+
+
+class CPUMeter:
+    """CPU time of the server's processes and of this one over a scenario: what a busy machine does not inflate
+    (much), unlike latency."""
+
+    def __init__(self, server_pid: int | None):
+        self.server_pid = server_pid
+
+    def __enter__(self) -> CPUMeter:
+        self.pids = process_tree(self.server_pid) if self.server_pid else []
+        self.server0, self.client0 = cpu_seconds(self.pids), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server_s = cpu_seconds(self.pids) - self.server0 if self.pids else None
+        self.client_s = time.process_time() - self.client0
 
 
 # ------------------------------------------------------------------------------------- set-up
@@ -244,21 +301,22 @@ def ok_check(response: httpx.Response) -> str | None:
 
 
 def in_process_floor(settings: Any, ids: list[str], repeats: int, rng: random.Random) -> dict[str, dict[str, float]]:
-    """Per-request latency of the same work without HTTP, one request at a time."""
-    import pandas as pd
+    """Per-request latency of the same work without HTTP, one request at a time.
 
+    Features come through the service's own reader (`StoreReader`: one open connection, the object
+    frame the server scores), so the floor is the server's scoring work minus HTTP and logging.
+    """
     from custops.features.store import OnlineStore
     from custops.models.registry import Registry
     from custops.pipelines.scoring import load_champions, predict_rows
+    from custops.serving.service import StoreReader
 
     champions = load_champions(settings)
-    store = OnlineStore(settings.online_store_path)
-    db = store.connect()
+    store = StoreReader(OnlineStore(settings.online_store_path), required=[])
     recommender = Registry(settings).load("recommender", "champion")
 
     def score(batch: list[str], reasons: bool) -> Any:
-        rows = store.get(batch, db=db).reset_index()
-        rows["cutoff"] = pd.to_datetime(rows["cutoff"])
+        rows, _ = store.read(batch)
         return predict_rows(rows, champions, reasons_k=3 if reasons else 0)
 
     floors = {}
@@ -269,7 +327,6 @@ def in_process_floor(settings: Any, ids: list[str], repeats: int, rng: random.Ra
     floors["recommend"] = _timed_calls(
         lambda c: recommender.recommend(c, 10), [rng.choice(ids) for _ in range(repeats)], 1
     )
-    db.close()
     return floors
 
 
@@ -295,7 +352,9 @@ def _timed_calls(fn: Callable[[Any], Any], args: list[Any], size: int) -> dict[s
 # -------------------------------------------------------------------------------------------- run
 
 
-async def run_load(url: str, ids: list[str], expected: dict[str, dict], args: argparse.Namespace) -> list[Result]:
+async def run_load(
+    url: str, ids: list[str], expected: dict[str, dict], args: argparse.Namespace, server_pid: int | None = None
+) -> list[Result]:
     rng = random.Random(args.seed)
     # Idle connections expire before the server's keep-alive timeout (uvicorn: 5 s), or a request
     # may race the server closing its connection (a ReadError that says nothing about the service).
@@ -326,46 +385,48 @@ async def run_load(url: str, ids: list[str], expected: dict[str, dict], args: ar
             body = {"customer_id": rng.choice(ids), "k": 10}
             return lambda: client.post("/recommend", json=body)
 
-        for rate in sorted({*args.score_rates, args.rate}):
-            r = Result("score_1", 1, "open loop", rate, load_before=os.getloadavg()[0])
-            console.print(f"score_1: open loop at {rate:g}/s for {args.duration:g}s ...")
-            await open_loop(
+        async def open_scenario(
+            r: Result, make: Callable[[], Callable[[], Awaitable[httpx.Response]]], check: Callable[..., str | None]
+        ) -> None:
+            assert r.target_rate is not None
+            load = open_loop(
                 r,
-                score_one,
+                make,
                 check,
-                rate=rate,
+                rate=r.target_rate,
                 duration=args.duration,
                 max_requests=args.max_requests,
                 max_in_flight=args.max_in_flight,
             )
+            await metered(r, server_pid, load)
             results.append(r)
+
+        for rate in sorted({*args.score_rates, args.rate}):
+            r = Result("score_1", 1, "open loop", rate, load_before=os.getloadavg()[0])
+            console.print(f"score_1: open loop at {rate:g}/s for {args.duration:g}s ...")
+            await open_scenario(r, score_one, check)
 
         for name, make in (("score_100", score_hundred), ("score_100_plain", score_hundred_plain)):
             mode = f"closed loop x{args.batch_concurrency}"
             r = Result(name, 100, mode, None, load_before=os.getloadavg()[0])
             console.print(f"{name}: {args.batch_concurrency} callers for {args.duration:g}s ...")
-            await closed_loop(
+            await metered(
                 r,
-                make,
-                check,
-                concurrency=args.batch_concurrency,
-                duration=args.duration,
-                max_requests=args.max_requests,
+                server_pid,
+                closed_loop(
+                    r,
+                    make,
+                    check,
+                    concurrency=args.batch_concurrency,
+                    duration=args.duration,
+                    max_requests=args.max_requests,
+                ),
             )
             results.append(r)
 
         r = Result("recommend", 1, "open loop", args.rate, load_before=os.getloadavg()[0])
         console.print(f"recommend: open loop at {args.rate:g}/s for {args.duration:g}s ...")
-        await open_loop(
-            r,
-            recommend,
-            ok_check,
-            rate=args.rate,
-            duration=args.duration,
-            max_requests=args.max_requests,
-            max_in_flight=args.max_in_flight,
-        )
-        results.append(r)
+        await open_scenario(r, recommend, ok_check)
     return results
 
 
@@ -374,6 +435,7 @@ def table(rows: list[dict[str, Any]], floors: dict[str, dict[str, float]]) -> Ta
     for col in (
         "scenario",
         "load",
+        "load1",
         "sent",
         "errors",
         "rate/s",
@@ -382,8 +444,10 @@ def table(rows: list[dict[str, Any]], floors: dict[str, dict[str, float]]) -> Ta
         "p50 ms",
         "p95 ms",
         "p99 ms",
-        "floor p50 ms",
-        "floor cpu ms",
+        "srv cpu ms",
+        "cli cpu ms",
+        "floor p50",
+        "floor cpu",
         "floor cust/s",
         "p50 ratio",
         "goal",
@@ -395,6 +459,7 @@ def table(rows: list[dict[str, Any]], floors: dict[str, dict[str, float]]) -> Ta
         t.add_row(
             row["scenario"],
             load,
+            f"{row['load_before']:.1f}" if row["load_before"] is not None else "",
             f"{row['sent']:,}",
             f"{row['errors']:,}",
             f"{row['achieved_rate']:.0f}",
@@ -403,6 +468,8 @@ def table(rows: list[dict[str, Any]], floors: dict[str, dict[str, float]]) -> Ta
             f"{row['p50_ms']:.1f}",
             f"{row['p95_ms']:.1f}",
             f"{row['p99_ms']:.1f}",
+            _ms(row["server_cpu_ms_per_request"]),
+            _ms(row["client_cpu_ms_per_request"]),
             f"{floor['p50_ms']:.2f}",
             f"{floor['cpu_mean_ms']:.2f}",
             f"{floor['customers_per_s_one_thread']:,.0f}",
@@ -410,6 +477,10 @@ def table(rows: list[dict[str, Any]], floors: dict[str, dict[str, float]]) -> Ta
             {True: "met", False: "NOT met", None: ""}[row["goal_met"]],
         )
     return t
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def goal_met(row: dict[str, Any]) -> bool | None:
@@ -482,7 +553,7 @@ def main() -> int:
         wait_ready(url, process, timeout=300)
         startup_s = time.perf_counter() - started
         console.print(f"server ready in {startup_s:.1f}s ({args.workers} worker(s)) at {url}")
-        results = asyncio.run(run_load(url, sample, expected, args))
+        results = asyncio.run(run_load(url, sample, expected, args, process.pid))
     finally:
         stop_server(process)
         out_log.close()

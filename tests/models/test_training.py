@@ -8,7 +8,9 @@ Margins were measured first (2,000 customers, 150 trees, seeds 42 / 1 / 7) on th
 | clv        | Gini    | last-period spend +0.107 / +0.126 / +0.121 | BG/NBD+GG +0.023 / +0.025 / +0.021 |
 | propensity | ROC-AUC | recency +0.085 / +0.064 / +0.088     | -                                   |
 
-and are asserted with headroom below the smallest of them.
+and are asserted with headroom below the smallest of them. Churn has since trained with its own tree shape
+(depth 3, 8 leaves, at most 200 rounds: cheap reasons at serving time); its margins were not re-measured on the
+three seeds, only checked to still clear these with seed 42.
 """
 
 from __future__ import annotations
@@ -123,4 +125,4 @@ def test_churn_trees_take_their_own_shape_from_the_settings(tmp_path: Path) -> N
     assert [churn.get_params()[p] for p in shape] == [3, 7, 0.2, 50]
     assert [propensity.get_params()[p] for p in shape] == [-1, models.num_leaves, models.learning_rate, 400]
     defaults = make_model("churn", Settings(home=tmp_path), ["a"]).get_params()
-    assert [defaults[p] for p in shape] == [4, 15, 0.1, 200]
+    assert [defaults[p] for p in shape] == [3, 8, 0.15, 200]
