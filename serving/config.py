@@ -32,7 +32,12 @@ class ServingSettings(BaseSettings):
         description="Concurrent /score requests arriving within this many ms are scored in one model call "
         "(0: no waiting, but requests queued meanwhile are still scored together).",
     )
-    workers: int = Field(1, ge=1, description="Server worker processes (each loads the models).")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server worker processes (each loads the models and uses at most about one core). On a 2-core "
+        "box use 2: that is what meets the single-customer /score goal at 200 requests/s (benchmarks/README.md).",
+    )
     watch_seconds: float = Field(
         0,
         ge=0,

@@ -252,7 +252,7 @@ def _freeze_heap() -> None:
     Its full collections scan every tracked object, ~400k here before the first request; the ones the
     request garbage triggers took ~15% of a 100-customer /score (34 vs 40 ms CPU in-process, measured).
     Frozen objects are still freed by reference counting; the unfreeze-collect-freeze on each (re)load
-    lets the cycles of models replaced by a reload be collected.
+    lets the cycles of models replaced by a reload be collected (one full collection: ~0.2 s).
     """
     gc.unfreeze()
     gc.collect()
