@@ -11,6 +11,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from custops.settings import Settings
 
 
+def default_workers() -> int:
+    """One worker process per core this process may use, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4))
+
+
 class ServingSettings(BaseSettings):
     """Limits, authentication, prediction logging and request coalescing of the HTTP service."""
 
@@ -33,10 +39,11 @@ class ServingSettings(BaseSettings):
         "(0: no waiting, but requests queued meanwhile are still scored together).",
     )
     workers: int = Field(
-        1,
+        default_factory=lambda: default_workers(),
         ge=1,
-        description="Server worker processes (each loads the models and uses at most about one core). On a 2-core "
-        "box use 2: that is what meets the single-customer /score goal at 200 requests/s (benchmarks/README.md).",
+        description="Server worker processes (each loads the models, ~0.4 GB, and uses at most about one core). "
+        "Default: one per available core, at most 4; on a 2-core box 2 workers are what meets the single-customer "
+        "/score goal at 200 requests/s (benchmarks/README.md).",
     )
     watch_seconds: float = Field(
         0,

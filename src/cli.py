@@ -1040,7 +1040,8 @@ def serve(
         ),
     ] = False,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes (default: CUSTOPS_SERVING_WORKERS or 1).")
+        int | None,
+        typer.Option(min=1, help="Worker processes (default: CUSTOPS_SERVING_WORKERS, else one per core, at most 4)."),
     ] = None,
 ) -> None:
     """Serve scores, recommendations and model metadata over HTTP for CRM systems (Ctrl-C stops)."""

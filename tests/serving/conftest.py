@@ -46,8 +46,13 @@ class Server:
 
     @property
     def serving(self) -> ServingSettings:
+        # One worker: /admin/reload and log assertions address the one process that answers.
         return ServingSettings(
-            max_batch=MAX_BATCH, max_k=MAX_K, log_dir=self.workdir / "logs", watch_seconds=self.watch_seconds
+            max_batch=MAX_BATCH,
+            max_k=MAX_K,
+            log_dir=self.workdir / "logs",
+            watch_seconds=self.watch_seconds,
+            workers=1,
         )
 
     @property

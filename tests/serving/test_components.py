@@ -158,3 +158,14 @@ def test_every_endpoint_documents_an_example() -> None:
     assert example(spec["paths"]["/metadata"]["get"]["responses"])
     score = example(spec["paths"]["/score"]["post"]["responses"])
     assert {"propensity_by_category", "churn_top_reasons"} <= set(score["items"][0])  # type: ignore[index]
+
+
+def test_workers_default_to_one_per_available_core_at_most_four(monkeypatch: pytest.MonkeyPatch) -> None:
+    from custops.serving import config
+
+    for cores, expected in ((1, 1), (2, 2), (16, 4)):
+        monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        monkeypatch.delenv("CUSTOPS_SERVING_WORKERS", raising=False)
+        assert config.ServingSettings().workers == expected
+    monkeypatch.setenv("CUSTOPS_SERVING_WORKERS", "3")
+    assert config.ServingSettings().workers == 3
