@@ -391,13 +391,15 @@ def _attach_prefix_features(
     con = ibis.get_backend(t)
     spine_columns = t.columns
     # The spine, sorted (the searches then walk forward), becomes the lookup table itself: its rows
-    # are the spine's, so no join brings them together.
-    spine_sql = con.compile(t.order_by(list(KEY)))
+    # are the spine's, so no join brings them together. When recording for replay its SQL is kept
+    # (it reads the cutoffs by a fixed name, no memtable).
+    ordered = t.order_by(list(KEY))
+    spine_sql = con.compile(ordered) if shared.get("steps") is not None else None
     name = shared.setdefault("lookup_table", f"custops_prefix_lookups_{uuid.uuid4().hex[:12]}")
     running = shared.setdefault("running_totals", {})
 
     def compute_lookups() -> tuple[dict[int, dict[ops.Value, str]], dict[int, dict[prefix.Window, str]]]:
-        spine = _arrow(con, t.order_by(list(KEY)), spine_sql, replay=shared.get("steps") is not None)
+        spine = con.to_pyarrow(ordered) if spine_sql is None else con.con.sql(spine_sql).to_arrow_table()
         table, red_cols, presence_cols = prefix.lookup_table(used, con, spine, running)
         # Registered as a view DuckDB scans in place (copying it with CREATE TABLE cost more than
         # computing it); each batch replaces the last one's (`release_lookups` drops the last).
@@ -416,13 +418,6 @@ def _attach_prefix_features(
         sum(len(v.features) for g in left for v in g.views),
     )
     return lookups.select(*spine_columns, **feats), left
-
-
-def _arrow(con: Any, expr: ir.Table, sql: str, *, replay: bool) -> pa.Table:
-    """The expression's result as Arrow: from its compiled SQL when replaying (no memtables in it)."""
-    if replay:
-        return con.con.sql(sql).to_arrow_table()
-    return con.to_pyarrow(expr)
 
 
 # ---------------------------------------------------------------- replayable batches
