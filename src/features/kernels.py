@@ -13,25 +13,16 @@ import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
-def positions(
-    row_start: np.ndarray, seconds: np.ndarray, cust: np.ndarray, bound: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per spine row: the customer's first row, and the first of its rows at or after `bound`.
+def positions(row_start: np.ndarray, seconds: np.ndarray, cust: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Per spine row: the first of its customer's rows at or after `bound` (binary search within them).
 
-    Hand-written loop (numba) rather than `numpy.searchsorted` over the whole grain: each search
-    covers one customer's rows only, and the spine is sorted by customer, so the reads walk forward.
+    `row_start[c]` to `row_start[c + 1]` are customer `c`'s rows; a key past the end has none.
     """
-    n = len(cust)
-    first = np.empty(n, np.int64)
-    pos = np.empty(n, np.int64)
+    pos = np.empty(len(cust), np.int64)
     last = len(row_start) - 1
-    for i in range(n):
+    for i in range(len(cust)):
         c = cust[i]
-        if c < last:
-            lo, hi = row_start[c], row_start[c + 1]
-        else:  # no row of this customer in the grain
-            lo, hi = len(seconds), len(seconds)
-        first[i] = lo
+        lo, hi = (row_start[c], row_start[c + 1]) if c < last else (len(seconds), len(seconds))
         b = bound[i]
         while lo < hi:
             mid = (lo + hi) >> 1
@@ -40,22 +31,15 @@ def positions(
             else:
                 hi = mid
         pos[i] = lo
-    return first, pos
-
-
-@numba.njit(nogil=True, cache=True)
-def total_at(total: np.ndarray, first: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Running total just before each position (0 where the customer has no earlier row)."""
-    out = np.zeros(len(pos), total.dtype)
-    for i in range(len(pos)):
-        if pos[i] > first[i]:
-            out[i] = total[pos[i] - 1]
-    return out
+    return pos
 
 
 @numba.njit(nogil=True, cache=True)
 def window_total(total: np.ndarray, first: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Total within [lo, hi): exactly 0 when no row falls in it, whatever the running totals' rounding."""
+    """Total of the rows in [lo, hi): exactly 0 when there is none, whatever the totals' rounding.
+
+    With `lo = first` (the customer's first row) it is the running total just before `hi`.
+    """
     out = np.zeros(len(hi), total.dtype)
     for i in range(len(hi)):
         if hi[i] != lo[i]:

@@ -326,29 +326,25 @@ class _GrainLookups:
 
         self.k = kernels
         self.prefix, self.cust, self.cutoff_s = prefix, cust, cutoff_s
-        self.first: np.ndarray | None = None
+        # Each spine row's first grain row (a key past the last customer's: the grain's end, no rows).
+        self.first = prefix.row_start[np.minimum(cust, len(prefix.row_start) - 1)]
         self.positions: dict[int, np.ndarray] = {}
 
     def position(self, offset: int) -> np.ndarray:
         """Per spine row: one past the customer's last row with `timestamp < cutoff + offset days`."""
         if offset not in self.positions:
             bound = self.cutoff_s + offset * DAY_SECONDS
-            self.first, self.positions[offset] = self.k.positions(
-                self.prefix.row_start, self.prefix.seconds, self.cust, bound
-            )
+            self.positions[offset] = self.k.positions(self.prefix.row_start, self.prefix.seconds, self.cust, bound)
         return self.positions[offset]
 
     def window_total(self, name: str, w: Window) -> np.ndarray:
-        total = self.prefix.totals[name]
-        hi = self.position(w.hi)
-        if w.lo is None:
-            return self.k.total_at(total, self.first, hi)
-        return self.k.window_total(total, self.first, self.position(w.lo), hi)
+        lo = self.first if w.lo is None else self.position(w.lo)
+        return self.k.window_total(self.prefix.totals[name], self.first, lo, self.position(w.hi))
 
     def extreme(self, name: str, w: Window) -> tuple[np.ndarray, np.ndarray]:
         """Running max/min at the window's end, and where it is NULL (no row, or no value yet)."""
         hi = self.position(w.hi)
-        values = self.k.total_at(self.prefix.totals[name], self.first, hi)
+        values = self.k.window_total(self.prefix.totals[name], self.first, self.first, hi)
         return values, (hi <= self.first) | (values == self.prefix.empty[name])
 
 
