@@ -19,7 +19,8 @@ import datetime as dt
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from custops.errors import ConfigError
-from custops.features import prefix
+from custops.features import prefix, ranks
 from custops.features.definitions import Feature, FeatureRegistry, FeatureView, days_between
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,9 @@ def build_expression(
             src = tables.get(table_name)
             grain = make(src) if src is not None else _empty_grain(table_name, group.source)
             grains[group.source] = grain
+    rebase = None
     if physical == "prefix":
-        t, groups = _attach_prefix_features(t, groups, grains, shared)
+        t, groups, rebase = _attach_prefix_features(t, groups, grains, shared)
         if groups:
             shared["steps"] = None  # range joins are planned per batch: no replay
         else:
@@ -307,18 +309,7 @@ def build_expression(
         cols = [c for c in agg.columns if c not in KEY]
         t = t.left_join(agg, list(KEY)).select(*t.columns, *[agg[c] for c in cols])
 
-    fills = {
-        f.name: t[f.name].fill_null(f.fill)
-        for v in registry.views
-        if v.kind in ("aggregate", "future")
-        for f in v.features
-        if f.fill is not None
-    }
-    t = t.mutate(**fills)
-    t = t.mutate(is_buyer=t.n_orders > 0)
-    for v in registry.views:
-        if v.kind == "derived":
-            t = t.mutate(**{f.name: f.expr(t) for f in v.features})
+    t = _derive(t, registry)
     if materialize and groups:
         # Materialise before the window functions: otherwise the SQL compiler inlines the
         # join tree into every window expression that references an earlier one. (Without range
@@ -328,7 +319,12 @@ def build_expression(
     # Segment features use window functions (sorts): run them on a narrow projection of just the
     # columns they read, then join back, instead of sorting the whole wide table once per window.
     segment = [f for v in registry.views if v.kind == "segment" for f in v.features]
-    if segment:
+    ranked = None
+    if segment and rebase is not None and not groups:
+        ranked = _rank_segments(t, segment, registry, rebase, shared)
+    if ranked is not None:
+        t = ranked
+    elif segment:
         needed = set().union(*(_referenced(f.expr(t)) for f in segment if _try_expr(f, t) is not None))
         narrow = t.select(*KEY, *sorted(needed - set(KEY)))
         pending = segment
@@ -353,6 +349,102 @@ def build_expression(
     return t.select(customer_id=ids.customer_id, cutoff=t.cutoff, **{c: t[c] for c in keep})
 
 
+def _derive(t: ir.Table, registry: FeatureRegistry) -> ir.Table:
+    """Fill the aggregates' empty values, then add `is_buyer` and the derived features."""
+    fills = {
+        f.name: t[f.name].fill_null(f.fill)
+        for v in registry.views
+        if v.kind in ("aggregate", "future")
+        for f in v.features
+        if f.fill is not None
+    }
+    t = t.mutate(**fills)
+    t = t.mutate(is_buyer=t.n_orders > 0)
+    for v in registry.views:
+        if v.kind == "derived":
+            t = t.mutate(**{f.name: f.expr(t) for f in v.features})
+    return t
+
+
+def _rank_segments(
+    t: ir.Table,
+    segment: Sequence[Feature],
+    registry: FeatureRegistry,
+    rebase: Callable[[ir.Table, Sequence[str]], ir.Table],
+    shared: dict[str, Any],
+) -> ir.Table | None:
+    """The feature table with the segment features, their rank windows computed by `ranks`.
+
+    Each batch runs one query for the windows' partition and order keys (a projection of the lookup
+    table, so its rows come in the lookup table's order), ranks them with numpy and appends the
+    results to the lookup table as columns; the segment expressions read those columns in place of
+    their windows. No sort in the engine and no join back. None when a segment window does not
+    qualify (see `ranks.rankable`): the caller then runs the windows in SQL.
+    """
+    rel = t.op()
+    nodes: list[ops.WindowFunction] = []
+    probe, pending = t, list(segment)
+    while pending:  # later passes read earlier segment features: any window there disqualifies
+        ready = {f.name: e for f in pending if (e := _try_expr(f, probe)) is not None}
+        if not ready:
+            return None
+        for e in ready.values():
+            for node in e.op().find(ops.WindowFunction, filter=ops.Value):
+                if not ranks.rankable(node, rel):
+                    return None
+                if node not in nodes:
+                    nodes.append(node)
+        probe = probe.mutate(**ready)
+        pending = [f for f in pending if f.name not in ready]
+    windows, keys = ranks.plan_windows(nodes)
+    con = ibis.get_backend(t)
+    name = shared["lookup_table"]
+    key_sql = con.compile(t.select(*KEY, **{f"k{i}": k.to_expr() for i, k in enumerate(keys)}))
+    columns = [f"custops_rank_{i}" for i in range(len(windows))]
+
+    def compute_ranks() -> None:
+        table = shared["lookup_arrow"]
+        values = con.con.sql(key_sql).to_arrow_table()
+        for k in KEY:  # a projection keeps the scan's order; checked, as the columns are appended by position
+            if not values[k].equals(table[k]):
+                raise RuntimeError(f"rank keys came back in another order than the lookup table ({k})")
+        key_columns = [values[f"k{i}"] for i in range(len(keys))]
+        with ThreadPoolExecutor(prefix.LOOKUP_THREADS, thread_name_prefix="custops-ranks") as pool:
+            results = list(pool.map(lambda w: ranks.compute(w, key_columns), windows))
+        for col, result in zip(columns, results, strict=True):
+            table = table.append_column(col, pa.array(result))
+        release_lookups(con, shared)
+        con.con.register(name, table)
+        shared["lookup_arrow"] = table
+
+    log.info("segments: %d rank windows computed from sorted keys, not SQL windows", len(windows))
+    if windows:
+        compute_ranks()
+        if shared.get("steps") is not None:
+            shared["steps"].append(compute_ranks)
+    ranked = _derive(rebase(con.table(name), columns), registry)
+    new_rel = ranked.op()
+    swap = {}
+    for w, col in zip(windows, columns, strict=True):
+        node = w.node.replace(
+            {f: ops.Field(new_rel, f.name) for f in w.node.find(ops.Field, filter=ops.Value)}, filter=ops.Value
+        )
+        swap[node] = ops.Field(new_rel, col)
+    pending = list(segment)
+    while pending:
+        base = ranked.op()
+        ready = {}
+        for f in pending:
+            e = _try_expr(f, ranked)
+            if e is not None:
+                if base == new_rel:  # the windows read the first pass's columns only (`rankable`)
+                    e = e.op().replace(swap, filter=ops.Value).to_expr().name(f.name)
+                ready[f.name] = e
+        ranked = ranked.mutate(**ready)
+        pending = [f for f in pending if f.name not in ready]
+    return ranked
+
+
 PREFIX_BACKENDS = frozenset({"duckdb"})
 
 
@@ -374,9 +466,10 @@ def choose_plan(tables: Mapping[str, ir.Table], plan: str | None = None, materia
 
 def _attach_prefix_features(
     t: ir.Table, groups: list[_Group], grains: Mapping[str, ir.Table], shared: dict[str, Any]
-) -> tuple[ir.Table, list[_Group]]:
-    """Join every prefix-decomposable feature onto the spine `t`; returns it and the groups left
-    for the range join (only the features that did not fit the prefix form)."""
+) -> tuple[ir.Table, list[_Group], Callable[[ir.Table, Sequence[str]], ir.Table] | None]:
+    """Join every prefix-decomposable feature onto the spine `t`; returns it, the groups left for
+    the range join (only the features that did not fit the prefix form) and a function that builds
+    the same table over the lookup table again (with extra columns of it passed through)."""
     plans: dict[str, prefix.GrainPlan] = {}
     left: list[_Group] = []
     for group in groups:
@@ -387,7 +480,7 @@ def _attach_prefix_features(
             left.append(_Group(group.source, group.direction, views))
     used = [p for p in plans.values() if p.features]
     if not used:
-        return t, groups
+        return t, groups, None
     con = ibis.get_backend(t)
     spine_columns = t.columns
     # The spine, sorted (the searches then walk forward), becomes the lookup table itself: its rows
@@ -405,6 +498,7 @@ def _attach_prefix_features(
         # computing it); each batch replaces the last one's (`release_lookups` drops the last).
         release_lookups(con, shared)
         con.con.register(name, table)
+        shared["lookup_arrow"] = table  # `_rank_segments` appends its columns to it
         return red_cols, presence_cols
 
     red_cols, presence_cols = compute_lookups()
@@ -417,7 +511,12 @@ def _attach_prefix_features(
         len(feats),
         sum(len(v.features) for g in left for v in g.views),
     )
-    return lookups.select(*spine_columns, **feats), left
+
+    def rebase(table: ir.Table, extra: Sequence[str] = ()) -> ir.Table:
+        columns = prefix.feature_columns(used, table, red_cols, presence_cols)
+        return table.select(*spine_columns, *extra, **columns)
+
+    return lookups.select(*spine_columns, **feats), left, rebase
 
 
 # ---------------------------------------------------------------- replayable batches
@@ -474,7 +573,7 @@ def _materialize(expr: ir.Table, shared: dict[str, Any], key: str) -> ir.Table:
     return con.table(name)
 
 
-def release_batch_tables(con: Any, shared: Mapping[str, Any]) -> None:
+def release_batch_tables(con: Any, shared: dict[str, Any]) -> None:
     """Drop what a batched build registered or materialised under fixed names."""
     release_lookups(con, shared)
     for name in shared.get("registered", ()):
@@ -485,12 +584,13 @@ def release_batch_tables(con: Any, shared: Mapping[str, Any]) -> None:
             con.con.execute(f'DROP TABLE IF EXISTS "{name}"')
 
 
-def release_lookups(con: Any, shared: Mapping[str, Any]) -> None:
+def release_lookups(con: Any, shared: dict[str, Any]) -> None:
     """Unregister the last batch's lookup table (its Arrow memory is freed with it)."""
     name = shared.get("lookup_table")
     if name is not None:
         with contextlib.suppress(Exception):  # never registered (no prefix features) or already gone
             con.con.unregister(name)
+    shared.pop("lookup_arrow", None)
 
 
 def _read_columns(table_name: str, tab: ir.Table) -> list[str]:

@@ -84,3 +84,18 @@ def running(values: np.ndarray, cust: np.ndarray, how: int, identity: float | in
             acc = v
         out[i] = acc
     return out
+
+
+def warm_up() -> None:
+    """Load (or compile) every specialisation the prefix plan calls, on tiny arrays.
+
+    Loading the first cached kernel costs ~0.7 s (numba's and LLVM's set-up); a build starts this
+    on a background thread (`custops.features.prefix.warm_kernels`) while the engine reads its sources.
+    """
+    i64, i32, f64 = np.zeros(2, np.int64), np.zeros(2, np.int32), np.zeros(2, np.float64)
+    for values, identity in ((i64, 0), (i64, np.iinfo(np.int64).min), (f64, 0), (f64, -np.inf)):
+        running(values, i64, SUM, identity)
+    for seconds in (i32, i64):
+        positions(i64, seconds, i64, i64)
+    for total in (i32, i64, f64):
+        window_total(total, i64, i64, i64)

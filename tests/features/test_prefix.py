@@ -65,10 +65,15 @@ def assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert not bad, bad
 
 
-def test_prefix_plan_equals_range_plan_on_every_feature(hand_validated: Path, small_fs: FeatureSettings) -> None:
+def test_prefix_plan_equals_range_plan_on_every_feature(
+    hand_validated: Path, small_fs: FeatureSettings, caplog: pytest.LogCaptureFixture
+) -> None:
     registry = build_registry(small_fs, top_categories(tables_of(hand_validated)["transactions"], 2))
     by_range = run(hand_validated, registry, EDGE_CUTOFFS, "range")
-    by_prefix = run(hand_validated, registry, EDGE_CUTOFFS, "prefix")
+    with caplog.at_level("INFO", logger="custops.features.engine"):
+        by_prefix = run(hand_validated, registry, EDGE_CUTOFFS, "prefix")
+    # the segments' four windows (R, F, M quintiles, value tier) were ranked by numpy, not SQL
+    assert "segments: 4 rank windows computed from sorted keys" in caplog.text
     assert_same(by_range, by_prefix)
     rows = by_prefix.set_index(["customer_id", "cutoff"])
     # windows without events are exactly 0 (not a float residue), lifetime totals still count

@@ -1,0 +1,156 @@
+"""Rank windows of segment features (`cume_dist`, `percent_rank`) computed with numpy sorts.
+
+Segment features (RFM quintiles, value tiers) rank customers within a cutoff. On DuckDB each such
+window is a partition-and-sort operator over the whole feature table, and its result must then be
+joined back: measured at 1M customers, ~0.25 s CPU per window per cutoff plus the join. The prefix
+plan already holds each batch's rows as Arrow columns, so the ranks are computed here instead (one
+`lexsort` per window, ~0.12 s per cutoff) and appended as columns the final query reads.
+
+Which windows qualify is derived from the declared expressions (definitions stay the single
+source): a `cume_dist` or `percent_rank` over the whole partition, whose partition and order keys
+read only the feature table's own columns. Anything else stays a SQL window. Results equal the
+engine's, including ties (peers share a value), NULL keys (last unless `nulls_first`) and NaN
+(greater than every number, as DuckDB orders it); the test suite compares both on random data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import ibis.expr.operations as ops
+import numpy as np
+import pyarrow as pa
+
+FUNCS = (ops.CumeDist, ops.PercentRank)
+
+
+@dataclass(frozen=True)
+class RankWindow:
+    """One rank window: its function, and the positions of its partition and order keys among the
+    key columns the engine evaluates once for all windows."""
+
+    node: ops.WindowFunction
+    groups: tuple[int, ...]
+    orders: tuple[tuple[int, bool, bool], ...]  # (key column, ascending, nulls first)
+
+
+def rankable(node: ops.WindowFunction, rel: ops.Relation) -> bool:
+    """True when `node` is a whole-partition cume_dist / percent_rank over columns of `rel` only."""
+    if not isinstance(node.func, FUNCS) or node.start is not None or node.end is not None or not node.order_by:
+        return False
+    values = [*node.group_by, *(k.arg for k in node.order_by)]
+    for v in values:
+        if v.find(ops.WindowFunction, filter=ops.Value) or v.find(ops.Reduction, filter=ops.Value):
+            return False
+        if any(f.rel != rel for f in v.find(ops.Field, filter=ops.Value)):
+            return False
+    return True
+
+
+def plan_windows(nodes: Sequence[ops.WindowFunction]) -> tuple[list[RankWindow], list[ops.Value]]:
+    """The windows with indexes into one shared list of key expressions (each evaluated once)."""
+    keys: list[ops.Value] = []
+
+    def index(v: ops.Value) -> int:
+        if v not in keys:
+            keys.append(v)
+        return keys.index(v)
+
+    windows = [
+        RankWindow(
+            node=n,
+            groups=tuple(index(g) for g in n.group_by),
+            orders=tuple((index(k.arg), bool(k.ascending), bool(k.nulls_first)) for k in n.order_by),
+        )
+        for n in nodes
+    ]
+    return windows, keys
+
+
+def compute(window: RankWindow, keys: Sequence[pa.ChunkedArray | pa.Array]) -> np.ndarray:
+    """The window's value for every row (float64), in the rows' order."""
+    n = len(keys[0]) if keys else 0
+    part = _partition_codes([keys[i] for i in window.groups], n)
+    # np.lexsort sorts by its last key first: partition, then each order key (class, then value).
+    # Keys with one value throughout (one partition, no NULL or NaN) are left out of the sort.
+    sort_keys: list[np.ndarray] = []
+    for i, ascending, nulls_first in reversed(window.orders):
+        value, klass = _order_key(keys[i], ascending, nulls_first)
+        sort_keys += [k for k in (value, klass) if n and k.min() != k.max()]
+    if n and part.max() != 0:
+        sort_keys.append(part)
+    order = np.lexsort(sort_keys) if sort_keys else np.arange(n)
+    # Peers: consecutive sorted rows equal in partition and every order key.
+    same = np.zeros(n, bool)
+    same[1:] = True
+    for k in sort_keys:
+        s = k[order]
+        same[1:] &= s[1:] == s[:-1]
+    new_peer = ~same
+    part_sorted = part[order]
+    size = np.bincount(part_sorted)
+    part_start = np.concatenate(([0], np.cumsum(size)[:-1]))[part_sorted]
+    peer_starts = np.flatnonzero(new_peer)
+    peer_id = np.cumsum(new_peer) - 1
+    rows_in_part = size[part_sorted].astype(np.float64)
+    if isinstance(window.node.func, ops.CumeDist):
+        peer_end = np.append(peer_starts[1:], n)[peer_id]
+        sorted_values = (peer_end - part_start) / rows_in_part
+    else:  # PercentRank: (rank - 1) / (rows - 1), 0 in a one-row partition
+        denom = rows_in_part - 1
+        rank0 = (peer_starts[peer_id] - part_start).astype(np.float64)
+        sorted_values = np.divide(rank0, denom, out=np.zeros(n), where=denom > 0)
+    out = np.empty(n, np.float64)
+    out[order] = sorted_values
+    return out
+
+
+def _to_numpy(a: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Values (NULLs as 0) and the NULL mask of a key column; timestamps and booleans as integers."""
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks() if a.num_chunks != 1 else a.chunk(0)
+    null = a.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_timestamp(a.type) or pa.types.is_date(a.type) or pa.types.is_boolean(a.type):
+        a = a.cast(pa.int64())
+    if pa.types.is_string(a.type) or pa.types.is_large_string(a.type):
+        # Strings: ranked by their sorted distinct values' positions (byte order, as DuckDB's).
+        uniques, codes = np.unique(a.fill_null("").to_numpy(zero_copy_only=False), return_inverse=True)
+        return codes.astype(np.int64), null
+    values = a.fill_null(0).to_numpy(zero_copy_only=False)
+    return values, null
+
+
+def _order_key(a: pa.ChunkedArray | pa.Array, ascending: bool, nulls_first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A (value, class) pair whose ascending lexicographic order is the SQL order of the key.
+
+    Class: NULLs before (nulls first) or after everything; NaN after every number ascending, before
+    every number descending (NaN is the largest value). Within a class, values sort ascending.
+    """
+    values, null = _to_numpy(a)
+    klass = np.ones(len(values), np.int8)
+    if values.dtype.kind == "f":
+        nan = np.isnan(values) & ~null
+        values = np.where(nan, 0.0, values)
+        klass[nan] = 2 if ascending else 0
+        values = values + 0.0  # -0.0 and 0.0 are peers (+ 0.0 turns -0.0 into 0.0)
+    if not ascending:
+        # Order-reversing maps: negation for floats, bitwise NOT (-x - 1, no overflow) for integers.
+        values = -values if values.dtype.kind == "f" else ~values.astype(np.int64)
+    klass[null] = -1 if nulls_first else 3
+    values = np.where(null, np.zeros(1, values.dtype), values)
+    return values, klass
+
+
+def _partition_codes(columns: Sequence[pa.ChunkedArray | pa.Array], n: int) -> np.ndarray:
+    """Dense partition numbers (NULL is a value of its own, as in PARTITION BY)."""
+    part = np.zeros(n, np.int64)
+    for col in columns:
+        values, null = _to_numpy(col)
+        _, codes = np.unique(values, return_inverse=True)
+        codes = np.where(null, codes.max(initial=-1) + 1, codes)
+        width = int(codes.max(initial=0)) + 1
+        part = part * width + codes
+        if width > 1:
+            _, part = np.unique(part, return_inverse=True)  # keep the codes dense
+    return part.astype(np.int64)

@@ -1,0 +1,103 @@
+"""Rank windows computed with numpy sorts equal DuckDB's window functions, ties, NULLs and NaN included."""
+
+from __future__ import annotations
+
+import ibis
+import ibis.expr.operations as ops
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from custops.features import ranks
+
+
+def _frame(seed: int, n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.normal(size=n), 1)  # many ties
+    x[rng.random(n) < 0.05] = np.nan
+    x[rng.random(n) < 0.05] = -0.0
+    x[rng.random(n) < 0.02] = np.inf
+    flag = pd.array(rng.random(n) < 0.5, dtype="boolean")
+    flag[rng.random(n) < 0.1] = pd.NA
+    return pd.DataFrame(
+        {
+            "cutoff": pd.to_datetime("2024-01-01") + pd.to_timedelta(rng.integers(0, 3, n), unit="D"),
+            "flag": flag,
+            "x": pd.array(x, dtype="Float64"),
+            "k": pd.array(rng.integers(-3, 4, n), dtype="Int64"),
+            "s": rng.choice(["a", "b", "B", "é", None], n),
+        }
+    ).assign(x=lambda d: d.x.mask(rng.random(n) < 0.05, pd.NA), k=lambda d: d.k.mask(rng.random(n) < 0.05, pd.NA))
+
+
+def _check(df: pd.DataFrame, make) -> None:
+    con = ibis.duckdb.connect()
+    t = con.create_table("t", df.assign(rid=np.arange(len(df))))
+    exprs = make(t)
+    expected = t.select("rid", **exprs).order_by("rid").to_pyarrow()  # window results come in any order
+    nodes = [next(iter(e.op().find(ops.WindowFunction))) for e in exprs.values()]
+    assert all(ranks.rankable(n, t.op()) for n in nodes)
+    windows, keys = ranks.plan_windows(nodes)
+    values = t.select("rid", **{f"k{i}": k.to_expr() for i, k in enumerate(keys)}).order_by("rid").to_pyarrow()
+    for name, w in zip(exprs, windows, strict=True):
+        got = ranks.compute(w, [values[f"k{i}"] for i in range(len(keys))])
+        want = expected[name].to_numpy()
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rank_windows_equal_duckdb(seed: int) -> None:
+    df = _frame(seed, 2000)
+
+    def make(t):
+        by = [t.cutoff, t.flag]
+        return {
+            "cume_asc": ibis.cume_dist().over(ibis.window(group_by=by, order_by=ibis.asc(t.x))),
+            "cume_desc": ibis.cume_dist().over(ibis.window(group_by=by, order_by=ibis.desc(t.x))),
+            "cume_desc_nulls_first": ibis.cume_dist().over(
+                ibis.window(group_by=by, order_by=ibis.desc(t.x, nulls_first=True))
+            ),
+            "cume_round": ibis.cume_dist().over(ibis.window(group_by=by, order_by=ibis.asc(t.x.round(2)))),
+            "pct_int": ibis.percent_rank().over(ibis.window(group_by=[t.cutoff], order_by=ibis.desc(t.k))),
+            "pct_two_keys": ibis.percent_rank().over(
+                ibis.window(group_by=[t.flag], order_by=[ibis.asc(t.k), ibis.desc(t.x)])
+            ),
+            "pct_string": ibis.percent_rank().over(ibis.window(order_by=ibis.asc(t.s))),
+            "cume_no_partition": ibis.cume_dist().over(ibis.window(order_by=ibis.asc(t.cutoff))),
+        }
+
+    _check(df, make)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.none(), st.integers(-2, 2)), min_size=1, max_size=30),
+    groups=st.lists(st.integers(0, 2), min_size=30, max_size=30),
+    ascending=st.booleans(),
+)
+def test_rank_windows_equal_duckdb_small(values: list[int | None], groups: list[int], ascending: bool) -> None:
+    df = pd.DataFrame({"g": groups[: len(values)], "v": pd.array(values, dtype="Int64")})
+
+    def make(t):
+        w = ibis.window(group_by=[t.g], order_by=ibis.asc(t.v) if ascending else ibis.desc(t.v))
+        return {"cume": ibis.cume_dist().over(w), "pct": ibis.percent_rank().over(w)}
+
+    _check(df, make)
+
+
+def test_other_windows_are_left_to_the_engine() -> None:
+    t = ibis.table({"g": "int64", "v": "float64"}, name="t")
+    w = ibis.window(group_by=[t.g], order_by=t.v)
+
+    def node(expr):
+        return next(iter(expr.op().find(ops.WindowFunction)))
+
+    assert ranks.rankable(node(ibis.cume_dist().over(w)), t.op())
+    assert not ranks.rankable(node(ibis.row_number().over(w)), t.op())  # tie order is the engine's
+    assert not ranks.rankable(node(ibis.rank().over(w)), t.op())
+    framed = ibis.cume_dist().over(ibis.window(group_by=[t.g], order_by=t.v, preceding=2, following=0))
+    assert not ranks.rankable(node(framed), t.op())
+    other = ibis.table({"v": "float64"}, name="u")
+    assert not ranks.rankable(node(ibis.cume_dist().over(ibis.window(order_by=other.v))), t.op())
