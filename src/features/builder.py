@@ -206,7 +206,7 @@ def write_batched(
         for i in range(0, len(cuts), per_batch):
             batch_cuts = cuts[i : i + per_batch]
             if final_sql is not None and replay_batch(con, shared, batch_cuts):
-                reader = con.con.sql(final_sql).to_arrow_reader(BATCH_CHUNK_ROWS)
+                reader = None
             else:
                 expr = build_expression(tables, batch_cuts, registry, observed_until=observed_until, shared=shared)
                 if writer is None:
@@ -215,6 +215,11 @@ def write_batched(
                 if shared.get("steps") is not None and not expr.op().find(ops.InMemoryTable):
                     final_sql = con.compile(expr)  # replayable: raw SQL needs no memtable registered
                 reader = _record_batches(con, expr)
+            if shared.get("output") is not None:
+                # Lookup columns pass through as they are; the engine computes only the rest.
+                reader = shared["output"].batches(con, shared["lookup_arrow"], schema, BATCH_CHUNK_ROWS)
+            elif reader is None:
+                reader = con.con.sql(final_sql).to_arrow_reader(BATCH_CHUNK_ROWS)
             for batch in reader:
                 writer.write(batch.cast(schema) if batch.schema != schema else batch)
                 rows += batch.num_rows

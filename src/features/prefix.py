@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -418,13 +418,19 @@ def _grain_columns(
 
 
 def lookup_table(
-    plans: Sequence[GrainPlan], con: Any, spine: pa.Table, cache: dict[str, Any] | None = None
+    plans: Sequence[GrainPlan],
+    con: Any,
+    spine: pa.Table,
+    cache: dict[str, Any] | None = None,
+    after: Mapping[str, Callable[[], None]] | None = None,
 ) -> tuple[pa.Table, dict[int, dict[ops.Value, str]], dict[int, dict[Window, str]]]:
     """Every lookup value of every plan for the spine's (customer_id, cutoff) rows, as Arrow columns.
 
     Returns the spine with `r<i>` lookup and `p<i>` presence columns appended and, per plan, the
     column of each reduction node and of each presence window. `cache` keeps each grain's running
     totals for the next call with the same tables and registry (cutoff batches of one build).
+    `after` names a function to call
+    once a grain's running totals exist (the engine frees source tables no later grain reads).
     """
     cust = spine["customer_id"].to_numpy().astype(np.int64)
     cutoff_s = np.floor_divide(spine["cutoff"].cast(pa.int64()).to_numpy(), 1_000_000)
@@ -438,6 +444,8 @@ def lookup_table(
         prefixes.append(_running(plan, con))
         if cache is not None:
             cache[plan.source] = prefixes[-1]
+        if after and plan.source in after:
+            after[plan.source]()
     with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="custops-lookups") as pool:
         results = list(pool.map(lambda pair: _grain_columns(*pair, cust, cutoff_s), zip(plans, prefixes, strict=True)))
     columns: dict[str, pa.Array] = {}

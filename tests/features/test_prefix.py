@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import ibis
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from custops.errors import ConfigError
-from custops.features import builder, prefix
+from custops.features import builder, engine, prefix
 from custops.features.builder import build_snapshot, connect, write_batched
 from custops.features.definitions import CUSTOMER, Feature, FeatureRegistry, FeatureView, build_registry, ratio, within
 from custops.features.engine import (
@@ -203,8 +205,16 @@ def test_batched_build_writes_one_snapshot_equal_to_one_batch(
     monkeypatch.setattr(builder, "replay_batch", lambda *a: replayed.append(real_replay(*a)) or replayed[-1])
     # 4 customers and 2 rows per batch: one cutoff per batch, streamed into one Parquet file;
     # rows: A, B at 03-01; C too at 04-01; D (signed up 05-01) too at 05-15 and 09-01
+    plans = []
+    real_batches = engine.OutputPlan.batches
+    monkeypatch.setattr(engine.OutputPlan, "batches", lambda self, *a: plans.append(self) or real_batches(self, *a))
     batched = build_snapshot(hand_validated, OfflineStore(tmp_path / "b"), small_fs, cutoffs=EDGE_CUTOFFS, batch_rows=2)
     assert replayed == [True] * (len(EDGE_CUTOFFS) - 1)  # batches after the first run the recorded SQL
+    # every batch's lookup columns passed through (fills applied by Arrow), the rest computed
+    assert len(plans) == len(EDGE_CUTOFFS)
+    assert {"n_orders", "revenue_30d", "last_purchase_at", "cutoff"} <= set(plans[0].passthrough)
+    assert plans[0].passthrough["n_orders"][1] == 0 and plans[0].passthrough["last_purchase_at"][1] is None
+    assert not {"recency_days", "r_score", "rfm_segment", "label_churn_90d"} & set(plans[0].passthrough)
     assert pq.ParquetFile(batched.features_path).metadata.num_rows == len(whole.read()) == 2 + 3 + 4 + 4
     assert pq.read_schema(batched.features_path).names == pq.read_schema(whole.features_path).names
     key = ["customer_id", "cutoff"]
@@ -255,3 +265,23 @@ def test_batched_build_with_range_joins_is_planned_per_batch(hand_validated: Pat
     whole = run(hand_validated, registry, EDGE_CUTOFFS, "prefix")
     assert_same(whole, batched.reset_index(drop=True).astype(whole.dtypes.to_dict()))  # Parquet reads µs
     assert "max_order_60d" in batched.columns  # a range-join feature
+
+
+def test_output_plan_fills_passthrough_columns_and_checks_row_order() -> None:
+    con = ibis.duckdb.connect()
+    lookups = pa.table(
+        {"customer_id": pa.array([1, 0, 2], pa.int64()), "r0": pa.array([5, None, 7], pa.int64()), "x": [1.0, 2.0, 4.0]}
+    )
+    con.con.register("lk", lookups)
+    plan = engine.OutputPlan(
+        sql='SELECT customer_id, x * 2 AS doubled FROM "lk"',
+        columns=["customer_id", "n", "doubled"],
+        passthrough={"n": ("r0", 0)},
+        id_values=pa.array(["a", "b", "c"]),
+    )
+    schema = pa.schema([("customer_id", pa.string()), ("n", pa.int64()), ("doubled", pa.float64())])
+    out = pa.Table.from_batches(list(plan.batches(con, lookups, schema, 2)))
+    assert out.to_pydict() == {"customer_id": ["b", "a", "c"], "n": [5, 0, 7], "doubled": [2.0, 4.0, 8.0]}
+    shuffled = dataclasses.replace(plan, sql='SELECT customer_id, x * 2 AS doubled FROM "lk" ORDER BY customer_id')
+    with pytest.raises(RuntimeError, match="another order"):
+        list(shuffled.batches(con, lookups, schema, 2))
