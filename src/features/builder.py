@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import hashlib
 import json
 import logging
@@ -153,7 +154,8 @@ def build_snapshot(
     log.info("building %s: %d cutoffs, %d features, engine %s", sid, len(cuts), len(registry.feature_names), engine)
 
     def write(path: Path) -> dict[str, Any]:
-        write_batched(con, tables, cuts, registry, observed_until, path, batch_rows=batch_rows)
+        with _gc_paused():
+            write_batched(con, tables, cuts, registry, observed_until, path, batch_rows=batch_rows)
         return _count_entries(path)
 
     def write_spark(path: Path) -> dict[str, Any]:
@@ -172,6 +174,20 @@ def build_snapshot(
         return {**_count_entries(path), "spark": info}
 
     return store.write(sid, write_spark if engine == "spark" else write, manifest)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Any:
+    """Python's cyclic garbage collector paused for a build: building expressions allocates many
+    small objects, and its collections then scan the live ones again and again (~1% of a 20M-event
+    build in a profile) while nothing the build makes needs collecting before it ends."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def write_batched(

@@ -331,7 +331,7 @@ def _engagement_window(days: int) -> FeatureView:
         name=f"customer_{days}d_engagement",
         entity=CUSTOMER,
         kind="aggregate",
-        source="interaction_days",
+        source="interaction_events",
         window_days=days,
         description=f"Interactions by type in the {days} days before the cutoff.",
         features=tuple(feats),

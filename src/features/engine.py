@@ -21,7 +21,6 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,10 +93,14 @@ def category_lines(tx: ir.Table) -> ir.Table:
     return purchases.select("customer_id", "timestamp", "category")
 
 
-def interaction_days(ix: ir.Table) -> ir.Table:
-    """Interaction counts per (customer, day, event type); `timestamp` is the day start."""
-    day = ix.mutate(timestamp=ix.timestamp.truncate("D"))
-    return day.group_by(["customer_id", "timestamp", "event_type"]).aggregate(n=day.timestamp.count())
+def interaction_events(ix: ir.Table) -> ir.Table:
+    """Interactions, one row each (`n` = 1, the count measure).
+
+    Not compacted per (customer, day, event type): at 20M events that grouping kept 80% of the rows
+    and cost more than it saved (windows are whole days from a midnight cutoff, so counting events
+    and counting their days' totals give the same numbers).
+    """
+    return ix.select("customer_id", "timestamp", "event_type", n=ibis.literal(1, type="int64"))
 
 
 def activity_days(ix: ir.Table) -> ir.Table:
@@ -118,7 +121,7 @@ GRAINS = {
     "refund_events": ("transactions", refund_events),
     "first_purchases": ("transactions", first_purchases),
     "category_lines": ("transactions", category_lines),
-    "interaction_days": ("interactions", interaction_days),
+    "interaction_events": ("interactions", interaction_events),
     "activity_days": ("interactions", activity_days),
 }
 
@@ -222,7 +225,7 @@ def _empty_grain(source_table: str, grain_name: str) -> ir.Table:
     """A typed empty grain for an absent optional table (e.g. no interactions file)."""
     # customer_id is the integer key of `_integer_keys` here, like in every other grain.
     schemas = {
-        "interaction_days": {"customer_id": "int64", "timestamp": "timestamp", "event_type": "string", "n": "int64"},
+        "interaction_events": {"customer_id": "int64", "timestamp": "timestamp", "event_type": "string", "n": "int64"},
         "activity_days": {
             "customer_id": "int64",
             "timestamp": "timestamp",
@@ -509,8 +512,7 @@ def _rank_segments(
             if not values[k].equals(table[k]):
                 raise RuntimeError(f"rank keys came back in another order than the lookup table ({k})")
         key_columns = [values[f"k{i}"] for i in range(len(keys))]
-        with ThreadPoolExecutor(prefix.LOOKUP_THREADS, thread_name_prefix="custops-ranks") as pool:
-            results = list(pool.map(lambda w: ranks.compute(w, key_columns), windows))
+        results = ranks.compute_all(windows, key_columns)
         for col, result in zip(columns, results, strict=True):
             table = table.append_column(col, pa.array(result))
         release_lookups(con, shared)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import ibis.expr.operations as ops
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 FUNCS = (ops.CumeDist, ops.PercentRank)
@@ -68,19 +69,42 @@ def plan_windows(nodes: Sequence[ops.WindowFunction]) -> tuple[list[RankWindow],
     return windows, keys
 
 
-def compute(window: RankWindow, keys: Sequence[pa.ChunkedArray | pa.Array]) -> np.ndarray:
+def compute_all(windows: Sequence[RankWindow], keys: Sequence[pa.ChunkedArray | pa.Array]) -> list[np.ndarray]:
+    """Every window's values; partitions shared by windows are numbered once.
+
+    One thread: measured on two, the sorts and gathers contend for memory bandwidth (0.39 s wall,
+    0.54 s CPU vs 0.33 s on one for four windows of 850k rows), and the other core is writing.
+    """
+    n = len(keys[0]) if keys else 0
+    parts = {w.groups: _partition_codes([keys[i] for i in w.groups], n) for w in windows}
+    return [compute(w, keys, parts[w.groups]) for w in windows]
+
+
+def compute(
+    window: RankWindow, keys: Sequence[pa.ChunkedArray | pa.Array], part: np.ndarray | None = None
+) -> np.ndarray:
     """The window's value for every row (float64), in the rows' order."""
     n = len(keys[0]) if keys else 0
-    part = _partition_codes([keys[i] for i in window.groups], n)
-    # np.lexsort sorts by its last key first: partition, then each order key (class, then value).
-    # Keys with one value throughout (one partition, no NULL or NaN) are left out of the sort.
-    sort_keys: list[np.ndarray] = []
-    for i, ascending, nulls_first in reversed(window.orders):
-        value, klass = _order_key(keys[i], ascending, nulls_first)
-        sort_keys += [k for k in (value, klass) if n and k.min() != k.max()]
-    if n and part.max() != 0:
-        sort_keys.append(part)
-    order = np.lexsort(sort_keys) if sort_keys else np.arange(n)
+    if part is None:
+        part = _partition_codes([keys[i] for i in window.groups], n)
+    order_keys = [_order_key(keys[i], asc, nulls_first) for i, asc, nulls_first in window.orders]
+    if len(order_keys) == 1 and n and part.max() < 2**13:
+        # One order key: sort the values (any order among equal ones: peers get one value), then
+        # stably by partition and class as one 16-bit code (a radix sort). Twice as fast as lexsort.
+        value, klass = order_keys[0]
+        code = (part * 5 + (klass + 1)).astype(np.uint16)
+        order = np.argsort(value)
+        order = order[np.argsort(code[order], kind="stable")]
+        sort_keys = [value, code]
+    else:
+        # np.lexsort sorts by its last key first: partition, then each order key (class, then
+        # value). Keys with one value throughout (one partition, no NULL or NaN) are left out.
+        sort_keys = []
+        for value, klass in reversed(order_keys):
+            sort_keys += [k for k in (value, klass) if n and k.min() != k.max()]
+        if n and part.max() != 0:
+            sort_keys.append(part)
+        order = np.lexsort(sort_keys) if sort_keys else np.arange(n)
     # Peers: consecutive sorted rows equal in partition and every order key.
     same = np.zeros(n, bool)
     same[1:] = True
@@ -143,14 +167,13 @@ def _order_key(a: pa.ChunkedArray | pa.Array, ascending: bool, nulls_first: bool
 
 
 def _partition_codes(columns: Sequence[pa.ChunkedArray | pa.Array], n: int) -> np.ndarray:
-    """Dense partition numbers (NULL is a value of its own, as in PARTITION BY)."""
+    """Partition numbers 0..k-1 (NULL is a value of its own, as in PARTITION BY); hash-based
+    (`pandas.factorize`), as the numbering's order does not matter."""
     part = np.zeros(n, np.int64)
     for col in columns:
         values, null = _to_numpy(col)
-        _, codes = np.unique(values, return_inverse=True)
-        codes = np.where(null, codes.max(initial=-1) + 1, codes)
-        width = int(codes.max(initial=0)) + 1
-        part = part * width + codes
-        if width > 1:
-            _, part = np.unique(part, return_inverse=True)  # keep the codes dense
-    return part.astype(np.int64)
+        codes, uniques = pd.factorize(values, sort=False)
+        codes = np.where(null, len(uniques), codes)
+        part = part * (len(uniques) + 1) + codes
+        part = pd.factorize(part, sort=False)[0]  # dense again
+    return part.astype(np.int64, copy=False)

@@ -43,6 +43,7 @@ def _check(df: pd.DataFrame, make) -> None:
     values = t.select("rid", **{f"k{i}": k.to_expr() for i, k in enumerate(keys)}).order_by("rid").to_pyarrow()
     for name, w in zip(exprs, windows, strict=True):
         got = ranks.compute(w, [values[f"k{i}"] for i in range(len(keys))])
+        assert np.array_equal(got, ranks.compute_all([w], [values[f"k{i}"] for i in range(len(keys))])[0])
         want = expected[name].to_numpy()
         np.testing.assert_array_equal(got, want, err_msg=name)
 
