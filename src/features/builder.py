@@ -54,6 +54,10 @@ EXECUTION_SETTINGS = {"memory_limit", "threads"}
 # 1.5 KB per row between the lookups and the materialised feature table), and rows per Arrow batch.
 BATCH_ROWS = 1_500_000
 BATCH_CHUNK_ROWS = 262_144
+# Output chunks that may wait for the Parquet writer: about one batch, so the next batch's lookups
+# run while the writer encodes this one's (with 2, each waited for the other: ~8 s of 28 at 20M
+# events). Chunks slice the lookup table, so at most one more batch of it stays in memory.
+WRITE_QUEUE_CHUNKS = 8
 
 
 def connect(
@@ -227,7 +231,7 @@ def write_batched(
                 expr = build_expression(tables, batch_cuts, registry, observed_until=observed_until, shared=shared)
                 if writer is None:
                     schema = expr.schema().to_pyarrow()
-                    writer = BackgroundParquetWriter(path, schema)
+                    writer = BackgroundParquetWriter(path, schema, depth=WRITE_QUEUE_CHUNKS)
                 if shared.get("steps") is not None and not expr.op().find(ops.InMemoryTable):
                     final_sql = con.compile(expr)  # replayable: raw SQL needs no memtable registered
                 reader = _record_batches(con, expr)
@@ -255,13 +259,19 @@ class BackgroundParquetWriter:
     pyarrow encodes a row group on one thread (Arrow's parallel column writing is not exposed to
     Python) and releases the GIL while it does, so encoding chunk k on this thread overlaps DuckDB
     and numpy computing chunk k+1 on the other core. At most `depth` chunks wait in the queue.
-    Dictionary encoding is kept for columns where it pays (strings, timestamps, integers) and
-    skipped for floats and ids, whose values are nearly all distinct: measured on a 2.4M-row
-    snapshot, 25% less encoding time and an 8% smaller file than pyarrow's dictionary-everywhere.
+    Dictionary encoding is kept for columns where it pays (strings, integers) and skipped for
+    floats, timestamps and ids, whose values are nearly all distinct: measured on a 2.4M-row
+    snapshot, 25% less encoding time and an 8% smaller file than pyarrow's dictionary-everywhere;
+    on an 850k-row batch at 1M customers, timestamps without it: 0.09 s instead of 0.23 s and 15%
+    smaller (integers keep it: 0.40 s instead of 0.33 s, but a third of the size).
     """
 
     def __init__(self, path: Path, schema: pa.Schema, *, depth: int = 2) -> None:
-        dictionary = [f.name for f in schema if not pa.types.is_floating(f.type) and f.name != "customer_id"]
+        dictionary = [
+            f.name
+            for f in schema
+            if not (pa.types.is_floating(f.type) or pa.types.is_timestamp(f.type)) and f.name != "customer_id"
+        ]
         self._writer = pq.ParquetWriter(path, schema, use_dictionary=dictionary)
         self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
