@@ -305,8 +305,8 @@ def _assortment_lifetime() -> FeatureView:
 def _engagement_window(days: int) -> FeatureView:
     def count_of(event_type: str | None) -> Expr:
         if event_type is None:
-            return lambda t: _count(t.n.sum(where=within(t, days)))
-        return lambda t: _count(t.n.sum(where=within(t, days) & (t.event_type == event_type)))
+            return lambda t: _count(t.timestamp.count(where=within(t, days)))
+        return lambda t: _count(t.timestamp.count(where=within(t, days) & (t.event_type == event_type)))
 
     feats = [
         Feature(

@@ -94,13 +94,13 @@ def category_lines(tx: ir.Table) -> ir.Table:
 
 
 def interaction_events(ix: ir.Table) -> ir.Table:
-    """Interactions, one row each (`n` = 1, the count measure).
+    """Interactions, one row each.
 
     Not compacted per (customer, day, event type): at 20M events that grouping kept 80% of the rows
     and cost more than it saved (windows are whole days from a midnight cutoff, so counting events
     and counting their days' totals give the same numbers).
     """
-    return ix.select("customer_id", "timestamp", "event_type", n=ibis.literal(1, type="int64"))
+    return ix.select("customer_id", "timestamp", "event_type")
 
 
 def activity_days(ix: ir.Table) -> ir.Table:
@@ -225,7 +225,7 @@ def _empty_grain(source_table: str, grain_name: str) -> ir.Table:
     """A typed empty grain for an absent optional table (e.g. no interactions file)."""
     # customer_id is the integer key of `_integer_keys` here, like in every other grain.
     schemas = {
-        "interaction_events": {"customer_id": "int64", "timestamp": "timestamp", "event_type": "string", "n": "int64"},
+        "interaction_events": {"customer_id": "int64", "timestamp": "timestamp", "event_type": "string"},
         "activity_days": {
             "customer_id": "int64",
             "timestamp": "timestamp",
@@ -273,6 +273,7 @@ def build_expression(
     if "keyed" not in shared:
         keyed, ids = _integer_keys(tables, materialize)
         if physical == "prefix":
+            prefix.warm_kernels()  # while the engine joins and copies the events (it holds no GIL)
             # Every grain and the customers read the re-keyed events once each: join the ids once,
             # keeping only the columns they read (e.g. not the interactions' product and channel).
             keyed = {

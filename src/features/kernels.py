@@ -49,6 +49,14 @@ def window_total(total: np.ndarray, first: np.ndarray, lo: np.ndarray, hi: np.nd
     return out
 
 
+@numba.njit(nogil=True, cache=True)
+def floor_seconds(micros: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Whole seconds (floor) of microsecond timestamps, written into `out` (int32 when they fit)."""
+    for i in range(len(micros)):
+        out[i] = micros[i] // 1_000_000
+    return out
+
+
 SUM, MAX, MIN = 0, 1, 2
 
 
@@ -97,5 +105,6 @@ def warm_up() -> None:
         running(values, i64, SUM, identity)
     for seconds in (i32, i64):
         positions(i64, seconds, i64, i64)
+        floor_seconds(i64, seconds)
     for total in (i32, i64, f64):
         window_total(total, i64, i64, i64)

@@ -242,8 +242,8 @@ def _plan_feature(plan: GrainPlan, f: Feature, tmpl: ir.Table, rel: ops.Relation
 def warm_kernels() -> threading.Thread:
     """Import and load the numba kernels on a background thread (about 1.5 s of mostly Python work).
 
-    Started just before the first grain's query, which runs in the engine without the GIL, so it
-    costs the build no time on its own thread (on the main thread, it would follow the query).
+    The engine builds it while it copies the re-keyed events, work that runs without the GIL, so
+    the warm-up costs the build little time (on the main thread, it would follow the query).
     """
 
     def run() -> None:
@@ -276,11 +276,12 @@ class _Prefix:
 def _measure_expr(m: Measure) -> ir.Value:
     """The per-row value whose running total (or max/min) is the measure."""
     if m.kind == "rows":
-        return ibis.literal(1, type="int64")
+        return ibis.literal(True)
     arg = m.arg.to_expr()
     if m.where is not None:
         arg = ibis.ifelse(m.where.to_expr(), arg, ibis.null(arg.type()))
-    return arg.notnull().cast("int64") if m.kind == "count" else arg
+    # Counts leave the engine as booleans (a bit per row, not a 64-bit integer): cast when accumulated.
+    return arg.notnull() if m.kind == "count" else arg
 
 
 def _running(plan: GrainPlan, con: Any) -> _Prefix:
@@ -296,9 +297,11 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
     rows = tmpl.select("customer_id", "timestamp", **values).order_by(["customer_id", "timestamp"])
     table = con.to_pyarrow(rows)
     cust = table["customer_id"].to_numpy().astype(np.int64, copy=False)
-    secs = np.floor_divide(table["timestamp"].cast(pa.int64()).to_numpy(), 1_000_000)
-    if len(secs) and secs.min() >= -(2**31) and secs.max() < 2**31:
-        secs = secs.astype(np.int32)  # seconds until 2038: half the memory, kept for the whole build
+    micros = table["timestamp"].cast(pa.int64()).to_numpy()
+    # Seconds until 2038 fit int32: half the memory, and these are kept for the whole build.
+    fits = not len(micros) or (micros.min() // 1_000_000 >= -(2**31) and micros.max() // 1_000_000 < 2**31)
+    secs = kernels.floor_seconds(micros, np.empty(len(micros), np.int32 if fits else np.int64))
+    del micros
     table = table.drop_columns(["customer_id", "timestamp"])
     # First row of each customer key: rows per key, accumulated.
     row_start = np.zeros((int(cust.max()) + 2) if len(cust) else 1, dtype=np.int64)
@@ -435,8 +438,6 @@ def lookup_table(
     cust = spine["customer_id"].to_numpy().astype(np.int64)
     cutoff_s = np.floor_divide(spine["cutoff"].cast(pa.int64()).to_numpy(), 1_000_000)
     prefixes = []
-    if cache is None or any(plan.source not in cache for plan in plans):
-        warm_kernels()
     for plan in plans:  # running totals one grain at a time: each is a query on the engine
         if cache is not None and plan.source in cache:
             prefixes.append(cache[plan.source])
