@@ -57,15 +57,18 @@ def order_events(tx: ir.Table) -> ir.Table:
     ev = ev.mutate(
         order_start=(ibis.row_number().over(by_order) == 0).cast("int64"),
         prev_ts=ev.timestamp.lag().over(by_customer),
+        # The first purchase time, from the same window as `prev_ts` (one sort for both, not a
+        # third window): ordered by time, the frame's first row is the customer's earliest.
+        first_ts=ev.timestamp.first().over(by_customer),
     )
     day, prev_day = ev.timestamp.truncate("D"), ev.prev_ts.truncate("D")
     new_day = ev.prev_ts.isnull() | (day != prev_day)
-    first_day = ev.timestamp.min().over(ibis.window(group_by=ev.customer_id)).truncate("D")
+    first_day = ev.first_ts.truncate("D")
     return ev.mutate(
         new_day=new_day.cast("int64"),
         first_day=(day == first_day).cast("int64"),
         gap_days=ibis.ifelse(new_day & ev.prev_ts.notnull(), days_between(day, prev_day), ibis.null("float64")),
-    ).drop("prev_ts")
+    ).drop("prev_ts", "first_ts")
 
 
 def refund_events(tx: ir.Table) -> ir.Table:
