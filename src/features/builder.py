@@ -220,26 +220,27 @@ def write_batched(
         finally:
             release_lookups(con, shared)
         return pq.ParquetFile(path).metadata.num_rows
-    rows, writer, final_sql = 0, None, None
+    rows, writer, replayable, final_sql = 0, None, False, None
     start_replay(shared)  # the first batch records its queries; the others replay them (no compiling)
     try:
         for i in range(0, len(cuts), per_batch):
             batch_cuts = cuts[i : i + per_batch]
-            if final_sql is not None and replay_batch(con, shared, batch_cuts):
-                reader = None
-            else:
+            if not (replayable and replay_batch(con, shared, batch_cuts)):
                 expr = build_expression(tables, batch_cuts, registry, observed_until=observed_until, shared=shared)
                 if writer is None:
                     schema = expr.schema().to_pyarrow()
                     writer = BackgroundParquetWriter(path, schema, depth=WRITE_QUEUE_CHUNKS)
-                if shared.get("steps") is not None and not expr.op().find(ops.InMemoryTable):
-                    final_sql = con.compile(expr)  # replayable: raw SQL needs no memtable registered
-                reader = _record_batches(con, expr)
+                # Replayable: raw SQL that needs no memtable registered.
+                replayable = shared.get("steps") is not None and not expr.op().find(ops.InMemoryTable)
+                final_sql = None
+                if shared.get("output") is None:
+                    final_sql = con.compile(expr) if replayable else None
+                    reader = _record_batches(con, expr)
+            elif shared.get("output") is None:
+                reader = con.con.sql(final_sql).to_arrow_reader(BATCH_CHUNK_ROWS)
             if shared.get("output") is not None:
                 # Lookup columns pass through as they are; the engine computes only the rest.
                 reader = shared["output"].batches(con, shared["lookup_arrow"], schema, BATCH_CHUNK_ROWS)
-            elif reader is None:
-                reader = con.con.sql(final_sql).to_arrow_reader(BATCH_CHUNK_ROWS)
             for batch in reader:
                 writer.write(batch.cast(schema) if batch.schema != schema else batch)
                 rows += batch.num_rows
