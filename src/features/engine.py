@@ -408,9 +408,10 @@ class OutputPlan:
 
 def _output_plan(t: ir.Table, keep: Sequence[str], ids: ir.Table, shared: dict[str, Any]) -> OutputPlan | None:
     """The `OutputPlan` of the feature table `t` (over the registered lookup table), or None."""
-    base = next(iter(t.op().find(ops.DatabaseTable)), None)
-    if base is None or base.name != shared.get("lookup_table"):
-        return None
+    tables = list(t.op().find(ops.DatabaseTable))
+    if len(tables) != 1 or tables[0].name != shared.get("lookup_table") or t.op().find(ops.JoinChain):
+        return None  # e.g. segment windows run in SQL and joined back: rows in any order
+    base = tables[0]
     passthrough: dict[str, tuple[str, Any]] = {}
     for name in ("cutoff", *keep):
         resolved = _resolve_column(t[name].op(), base)

@@ -285,3 +285,34 @@ def test_output_plan_fills_passthrough_columns_and_checks_row_order() -> None:
     shuffled = dataclasses.replace(plan, sql='SELECT customer_id, x * 2 AS doubled FROM "lk" ORDER BY customer_id')
     with pytest.raises(RuntimeError, match="another order"):
         list(shuffled.batches(con, lookups, schema, 2))
+
+
+def test_segment_windows_that_do_not_qualify_stay_sql_and_keep_the_join(
+    hand_validated: Path, small_fs: FeatureSettings
+) -> None:
+    base = build_registry(small_fs, [])
+    dense = FeatureView(
+        name="customer_order_rank",
+        entity=CUSTOMER,
+        kind="segment",
+        description="test only",
+        features=(
+            Feature(
+                name="orders_dense_rank",
+                description="dense rank of n_orders within the cutoff",
+                expr=lambda t: ibis.dense_rank().over(ibis.window(group_by=t.cutoff, order_by=t.n_orders)),
+                dtype="int64",
+            ),
+        ),
+    )
+    registry = FeatureRegistry(views=(*base.views, dense), categories=())
+    shared: dict = {}
+    expr = build_expression(
+        tables_of(hand_validated), normalize_cutoffs(CUTOFFS), registry, observed_until=OBSERVED_UNTIL, shared=shared
+    )
+    assert shared.get("output") is None  # the SQL window pass joins back: no positional output plan
+    key = ["customer_id", "cutoff"]
+    got = expr.to_pandas().sort_values(key).reset_index(drop=True)
+    want = run(hand_validated, registry, CUTOFFS, "range")
+    assert_same(want, got)
+    assert got["orders_dense_rank"].notna().all()
