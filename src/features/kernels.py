@@ -35,17 +35,19 @@ def positions(row_start: np.ndarray, seconds: np.ndarray, cust: np.ndarray, boun
 
 
 @numba.njit(nogil=True, cache=True)
-def window_total(total: np.ndarray, first: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Total of the rows in [lo, hi): exactly 0 when there is none, whatever the totals' rounding.
+def window_total(total: np.ndarray, first: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Total of the rows in [lo, hi) into `out`: exactly 0 when there is none, whatever the totals'
+    rounding. `out` may be wider than `total` (int32 totals into int64 results: no cast afterwards).
 
     With `lo = first` (the customer's first row) it is the running total just before `hi`.
     """
-    out = np.zeros(len(hi), total.dtype)
     for i in range(len(hi)):
-        if hi[i] != lo[i]:
-            top = total[hi[i] - 1] if hi[i] > first[i] else total.dtype.type(0)
-            bottom = total[lo[i] - 1] if lo[i] > first[i] else total.dtype.type(0)
-            out[i] = top - bottom
+        if hi[i] == lo[i]:
+            out[i] = 0
+            continue
+        top = total[hi[i] - 1] if hi[i] > first[i] else total.dtype.type(0)
+        bottom = total[lo[i] - 1] if lo[i] > first[i] else total.dtype.type(0)
+        out[i] = top - bottom
     return out
 
 
@@ -106,5 +108,5 @@ def warm_up() -> None:
     for seconds in (i32, i64):
         positions(i64, seconds, i64, i64)
         floor_seconds(i64, seconds)
-    for total in (i32, i64, f64):
-        window_total(total, i64, i64, i64)
+    for total, out in ((i32, i64), (i64, i64), (f64, f64)):
+        window_total(total, i64, i64, i64, out)

@@ -376,12 +376,17 @@ class _GrainLookups:
 
     def window_total(self, name: str, w: Window) -> np.ndarray:
         lo = self.first if w.lo is None else self.position(w.lo)
-        return self.k.window_total(self.prefix.totals[name], self.first, lo, self.position(w.hi))
+        return self._total(self.prefix.totals[name], lo, self.position(w.hi))
+
+    def _total(self, total: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Window totals as int64 or float64 (the Arrow types of the lookups: no cast after)."""
+        out = np.empty(len(hi), np.float64 if total.dtype.kind == "f" else np.int64)
+        return self.k.window_total(total, self.first, lo, hi, out)
 
     def extreme(self, name: str, w: Window) -> tuple[np.ndarray, np.ndarray]:
         """Running max/min at the window's end, and where it is NULL (no row, or no value yet)."""
         hi = self.position(w.hi)
-        values = self.k.window_total(self.prefix.totals[name], self.first, self.first, hi)
+        values = self._total(self.prefix.totals[name], self.first, hi)
         return values, (hi <= self.first) | (values == self.prefix.empty[name])
 
 
