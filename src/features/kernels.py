@@ -59,6 +59,19 @@ def floor_seconds(micros: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+@numba.njit(nogil=True, cache=True)
+def running_count(flags: np.ndarray, cust: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per-customer running count of true `flags` (one byte a row) into `out` (int32 or int64)."""
+    acc = 0
+    for i in range(len(flags)):
+        if i == 0 or cust[i] != cust[i - 1]:
+            acc = 0
+        if flags[i]:
+            acc += 1
+        out[i] = acc
+    return out
+
+
 SUM, MAX, MIN = 0, 1, 2
 
 
@@ -105,6 +118,7 @@ def warm_up() -> None:
     i64, i32, f64 = np.zeros(2, np.int64), np.zeros(2, np.int32), np.zeros(2, np.float64)
     for values, identity in ((i64, 0), (i64, np.iinfo(np.int64).min), (f64, 0), (f64, -np.inf)):
         running(values, i64, SUM, identity)
+    running_count(np.zeros(2, np.bool_), i64, i32)
     for seconds in (i32, i64):
         positions(i64, seconds, i64, i64)
         floor_seconds(i64, seconds)

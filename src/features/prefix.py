@@ -314,9 +314,12 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
         m, name = item
         col = columns.pop(name)  # each column's buffers go once it is converted
         fill = None
-        if m.kind in ("sum", "count", "rows"):
-            if pa.types.is_boolean(col.type):
-                col = col.cast(pa.int64())  # sum of a predicate counts its true rows
+        if m.kind in ("sum", "count", "rows") and pa.types.is_boolean(col.type):
+            # Counts, and sums of a predicate: the true rows counted from one byte a row straight
+            # into int32 totals (a count cannot pass the row count), no 64-bit copies in between.
+            flags = col.fill_null(False).to_numpy(zero_copy_only=False)
+            cum = kernels.running_count(flags, cust, np.empty(len(flags), np.int32 if len(flags) < 2**31 else np.int64))
+        elif m.kind in ("sum", "count", "rows"):
             values = col.fill_null(0).to_numpy()
             if values.dtype.kind in "iub":
                 # Integer running totals are exact in any order; kept as int32 when they fit (half

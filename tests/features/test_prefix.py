@@ -249,6 +249,11 @@ def test_running_kernel_matches_pandas_grouped_cumulatives() -> None:
     first = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]])
     sums = kernels.running(values, cust, kernels.SUM, 0)
     assert np.array_equal(sums[first], values[first], equal_nan=True)
+    # counts of true flags (one byte a row) into int32: pandas' grouped cumsum of the flags
+    flags = rng.random(5_000) < 0.3
+    counts = kernels.running_count(flags, cust, np.empty(5_000, np.int32))
+    assert counts.dtype == np.int32
+    assert np.array_equal(counts, pd.Series(flags.astype(int)).groupby(cust).cumsum().to_numpy())
 
 
 def test_batched_build_with_range_joins_is_planned_per_batch(hand_validated: Path, tmp_path: Path) -> None:
