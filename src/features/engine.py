@@ -336,18 +336,11 @@ def build_expression(
     elif segment:
         needed = set().union(*(_referenced(f.expr(t)) for f in segment if _try_expr(f, t) is not None))
         narrow = t.select(*KEY, *sorted(needed - set(KEY)))
-        pending = segment
-        while pending:
-            # Features that only reference existing columns are added together; those that reference
-            # a feature of this pass wait for the next pass (after a materialisation).
-            ready = {f.name: e for f in pending if (e := _try_expr(f, narrow)) is not None}
-            waiting = [f for f in pending if f.name not in ready]
-            if not ready:
-                raise ConfigError(f"features reference unknown columns: {[f.name for f in waiting]}")
-            narrow = narrow.mutate(**ready)
-            if waiting and materialize:
-                narrow = _materialize(narrow, shared, f"segments{len(segment) - len(pending)}")
-            pending = waiting
+
+        def between(table: ir.Table, done: int) -> ir.Table:  # a materialisation before the next pass
+            return _materialize(table, shared, f"segments{done}") if materialize else table
+
+        narrow = _in_passes(narrow, segment, between=between)
         seg = narrow.select(*KEY, *[f.name for f in segment])
         t = t.join(seg, list(KEY)).select(*t.columns, *[seg[f.name] for f in segment])
 
@@ -491,19 +484,20 @@ def _rank_segments(
     """
     rel = t.op()
     nodes: list[ops.WindowFunction] = []
-    probe, pending = t, list(segment)
-    while pending:  # later passes read earlier segment features: any window there disqualifies
-        ready = {f.name: e for f in pending if (e := _try_expr(f, probe)) is not None}
-        if not ready:
-            return None
-        for e in ready.values():
-            for node in e.op().find(ops.WindowFunction, filter=ops.Value):
-                if not ranks.rankable(node, rel):
-                    return None
-                if node not in nodes:
-                    nodes.append(node)
-        probe = probe.mutate(**ready)
-        pending = [f for f in pending if f.name not in ready]
+
+    def collect(e: ir.Value, first: bool) -> ir.Value:
+        for node in e.op().find(ops.WindowFunction, filter=ops.Value):
+            # Later passes read earlier segment features: a window there (or any other) disqualifies.
+            if not ranks.rankable(node, rel):
+                raise _NotRankable
+            if node not in nodes:
+                nodes.append(node)
+        return e
+
+    try:
+        _in_passes(t, segment, rewrite=collect)
+    except _NotRankable:
+        return None
     windows, keys = ranks.plan_windows(nodes)
     con = ibis.get_backend(t)
     name = shared["lookup_table"]
@@ -537,19 +531,40 @@ def _rank_segments(
             {f: ops.Field(new_rel, f.name) for f in w.node.find(ops.Field, filter=ops.Value)}, filter=ops.Value
         )
         swap[node] = ops.Field(new_rel, col)
-    pending = list(segment)
+
+    def read_ranks(e: ir.Value, first: bool) -> ir.Value:  # windows only occur in the first pass
+        return e.op().replace(swap, filter=ops.Value).to_expr() if first else e
+
+    return _in_passes(ranked, segment, rewrite=read_ranks)
+
+
+class _NotRankable(Exception):
+    """A segment window `ranks` does not compute (it runs in SQL)."""
+
+
+def _in_passes(
+    t: ir.Table,
+    features: Sequence[Feature],
+    *,
+    rewrite: Callable[[ir.Value, bool], ir.Value] | None = None,
+    between: Callable[[ir.Table, int], ir.Table] | None = None,
+) -> ir.Table:
+    """Add `features` to `t` in passes: each pass adds those whose inputs exist; one that reads a
+    feature of this pass waits for the next. `rewrite(expr, first_pass)` may change each expression,
+    `between(table, features_done)` runs between passes."""
+    pending, first = list(features), True
     while pending:
-        base = ranked.op()
-        ready = {}
-        for f in pending:
-            e = _try_expr(f, ranked)
-            if e is not None:
-                if base == new_rel:  # the windows read the first pass's columns only (`rankable`)
-                    e = e.op().replace(swap, filter=ops.Value).to_expr().name(f.name)
-                ready[f.name] = e
-        ranked = ranked.mutate(**ready)
-        pending = [f for f in pending if f.name not in ready]
-    return ranked
+        ready = {f.name: e for f in pending if (e := _try_expr(f, t)) is not None}
+        waiting = [f for f in pending if f.name not in ready]
+        if not ready:
+            raise ConfigError(f"features reference unknown columns: {[f.name for f in waiting]}")
+        if rewrite is not None:
+            ready = {name: rewrite(e, first) for name, e in ready.items()}
+        t = t.mutate(**ready)
+        if waiting and between is not None:
+            t = between(t, len(features) - len(waiting))
+        pending, first = waiting, False
+    return t
 
 
 PREFIX_BACKENDS = frozenset({"duckdb"})
