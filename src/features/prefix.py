@@ -280,7 +280,7 @@ def _measure_expr(m: Measure) -> ir.Value:
     arg = m.arg.to_expr()
     if m.where is not None:
         arg = ibis.ifelse(m.where.to_expr(), arg, ibis.null(arg.type()))
-    # Counts leave the engine as booleans (a bit per row, not a 64-bit integer): cast when accumulated.
+    # Counts leave the engine as booleans (a bit per row, not a 64-bit integer); `_running` counts them.
     return arg.notnull() if m.kind == "count" else arg
 
 
@@ -321,7 +321,7 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
             cum = kernels.running_count(flags, cust, np.empty(len(flags), np.int32 if len(flags) < 2**31 else np.int64))
         elif m.kind in ("sum", "count", "rows"):
             values = col.fill_null(0).to_numpy()
-            if values.dtype.kind in "iub":
+            if values.dtype.kind in "iu":  # (booleans took the count path above)
                 # Integer running totals are exact in any order; kept as int32 when they fit (half
                 # the memory: these arrays live for the whole build).
                 cum = kernels.running(values.astype(np.int64, copy=False), cust, kernels.SUM, 0)
