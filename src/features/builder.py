@@ -265,6 +265,9 @@ class BackgroundParquetWriter:
     snapshot, 25% less encoding time and an 8% smaller file than pyarrow's dictionary-everywhere;
     on an 850k-row batch at 1M customers, timestamps without it: 0.09 s instead of 0.23 s and 15%
     smaller (integers keep it: 0.40 s instead of 0.33 s, but a third of the size).
+    Min/max statistics are written for every column but floats: readers select rows by cutoff,
+    customer and segment, not by a float feature's range, and the float statistics (NaN-aware
+    min/max) were 15% of the encoding time of a 760k-row batch at 1M customers.
     """
 
     def __init__(self, path: Path, schema: pa.Schema, *, depth: int = 2) -> None:
@@ -273,7 +276,8 @@ class BackgroundParquetWriter:
             for f in schema
             if not (pa.types.is_floating(f.type) or pa.types.is_timestamp(f.type)) and f.name != "customer_id"
         ]
-        self._writer = pq.ParquetWriter(path, schema, use_dictionary=dictionary)
+        statistics = [f.name for f in schema if not pa.types.is_floating(f.type)]
+        self._writer = pq.ParquetWriter(path, schema, use_dictionary=dictionary, write_statistics=statistics)
         self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="custops-parquet-writer", daemon=True)

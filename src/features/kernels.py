@@ -13,6 +13,18 @@ import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
+def _search(seconds: np.ndarray, lo: int, hi: int, bound: int) -> int:
+    """The first row in [lo, hi) with `seconds >= bound` (hi if none): a binary search."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if seconds[mid] < bound:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(nogil=True, cache=True)
 def positions(row_start: np.ndarray, seconds: np.ndarray, cust: np.ndarray, bound: np.ndarray) -> np.ndarray:
     """Per spine row: the first of its customer's rows at or after `bound` (binary search within them).
 
@@ -23,15 +35,33 @@ def positions(row_start: np.ndarray, seconds: np.ndarray, cust: np.ndarray, boun
     for i in range(len(cust)):
         c = cust[i]
         lo, hi = (row_start[c], row_start[c + 1]) if c < last else (len(seconds), len(seconds))
-        b = bound[i]
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if seconds[mid] < b:
-                lo = mid + 1
-            else:
-                hi = mid
-        pos[i] = lo
+        pos[i] = _search(seconds, lo, hi, bound[i])
     return pos
+
+
+@numba.njit(nogil=True, cache=True)
+def positions_many(
+    row_start: np.ndarray,
+    seconds: np.ndarray,
+    cust: np.ndarray,
+    cutoff: np.ndarray,
+    offsets: np.ndarray,
+    out: np.ndarray,
+) -> np.ndarray:
+    """`positions` for several bounds `cutoff + offsets[j]` at once (`offsets` ascending): row `j`
+    of `out` (shape (len(offsets), len(cust))) for offset `j`.
+
+    One pass over the spine rows: each row's customer range is read once, and each bound's search
+    starts where the previous (smaller) bound's ended.
+    """
+    last = len(row_start) - 1
+    for i in range(len(cust)):
+        c = cust[i]
+        lo, end = (row_start[c], row_start[c + 1]) if c < last else (len(seconds), len(seconds))
+        for j in range(len(offsets)):
+            lo = _search(seconds, lo, end, cutoff[i] + offsets[j])
+            out[j, i] = lo
+    return out
 
 
 @numba.njit(nogil=True, cache=True)
@@ -68,6 +98,18 @@ def running_count(flags: np.ndarray, cust: np.ndarray, out: np.ndarray) -> np.nd
             acc = 0
         if flags[i]:
             acc += 1
+        out[i] = acc
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def running_count_bit(bits: np.ndarray, bit: int, cust: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`running_count` of the flags packed as bit `bit` of the integers `bits`."""
+    acc = 0
+    for i in range(len(bits)):
+        if i == 0 or cust[i] != cust[i - 1]:
+            acc = 0
+        acc += (bits[i] >> bit) & 1
         out[i] = acc
     return out
 
@@ -119,8 +161,12 @@ def warm_up() -> None:
     for values, identity in ((i64, 0), (i64, np.iinfo(np.int64).min), (f64, 0), (f64, -np.inf)):
         running(values, i64, SUM, identity)
     running_count(np.zeros(2, np.bool_), i64, i32)
+    running_count_bit(np.zeros(2, np.int32), 0, i64, i32)
     for seconds in (i32, i64):
         positions(i64, seconds, i64, i64)
         floor_seconds(i64, seconds)
+        for index in (i32, i64):
+            positions_many(i64, seconds, i64, i64, i64, np.zeros((2, 2), index.dtype))
     for total, out in ((i32, i64), (i64, i64), (f64, f64)):
-        window_total(total, i64, i64, i64, out)
+        for index in (i32, i64):
+            window_total(total, index, index, index, out)

@@ -31,7 +31,9 @@ we can fetch Arrow data from in-process use this plan (see `custops.features.eng
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import operator
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +51,10 @@ from custops.features.definitions import Feature, FeatureView
 log = logging.getLogger(__name__)
 
 DAY_SECONDS = 86_400
+# Measures whose boolean values are counted (`count` of a value's presence, `rows`, `sum` of a
+# predicate), and how many such flags share one packed int32 column of a grain query.
+FLAG_KINDS = ("sum", "count", "rows")
+FLAG_BITS = 31
 # Grains are looked up, and a grain's measures accumulated, on this many threads (the numba kernels,
 # Arrow casts and numpy copies release the GIL).
 LOOKUP_THREADS = 2
@@ -294,6 +300,19 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
 
     tmpl = plan.template
     values = {name: _measure_expr(m) for m, name in plan.measures.items()}
+    # Flags (counts, sums of a predicate) leave the engine packed as the bits of one integer column:
+    # the engine's sort then moves one 4-byte value per row instead of a byte per flag (at 20M events,
+    # the interactions grain's query 1.05 -> 0.76 s with its nine flags packed).
+    flags = [name for m, name in plan.measures.items() if m.kind in FLAG_KINDS and values[name].type().is_boolean()]
+    packed: dict[str, tuple[str, int]] = {}
+    for start in range(0, len(flags), FLAG_BITS):
+        column = f"flags{start // FLAG_BITS}"
+        bits = [
+            ibis.ifelse(values.pop(name).fill_null(False), ibis.literal(1 << bit, type="int32"), 0)
+            for bit, name in enumerate(flags[start : start + FLAG_BITS])
+        ]
+        values[column] = functools.reduce(operator.or_, bits).cast("int32")
+        packed |= {name: (column, bit) for bit, name in enumerate(flags[start : start + FLAG_BITS])}
     rows = tmpl.select("customer_id", "timestamp", **values).order_by(["customer_id", "timestamp"])
     table = con.to_pyarrow(rows)
     cust = table["customer_id"].to_numpy().astype(np.int64, copy=False)
@@ -307,19 +326,25 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
     row_start = np.zeros((int(cust.max()) + 2) if len(cust) else 1, dtype=np.int64)
     if len(cust):
         np.cumsum(np.bincount(cust), out=row_start[1:])
-    columns = {name: table[name] for name in plan.measures.values()}
+    columns = {name: table[name] for name in plan.measures.values() if name not in packed}
+    words = {c: table[c].to_numpy() for c in {c for c, _ in packed.values()}}
     del table
 
     def accumulate(item: tuple[Measure, str]) -> tuple[str, np.ndarray, Any]:
         m, name = item
-        col = columns.pop(name)  # each column's buffers go once it is converted
         fill = None
-        if m.kind in ("sum", "count", "rows") and pa.types.is_boolean(col.type):
+        index = np.int32 if len(cust) < 2**31 else np.int64
+        if name in packed:
+            # A count cannot pass the row count: int32 totals, straight from the packed bit.
+            column, bit = packed[name]
+            return name, kernels.running_count_bit(words[column], bit, cust, np.empty(len(cust), index)), fill
+        col = columns.pop(name)  # each column's buffers go once it is converted
+        if m.kind in FLAG_KINDS and pa.types.is_boolean(col.type):
             # Counts, and sums of a predicate: the true rows counted from one byte a row straight
             # into int32 totals (a count cannot pass the row count), no 64-bit copies in between.
             flags = col.fill_null(False).to_numpy(zero_copy_only=False)
-            cum = kernels.running_count(flags, cust, np.empty(len(flags), np.int32 if len(flags) < 2**31 else np.int64))
-        elif m.kind in ("sum", "count", "rows"):
+            cum = kernels.running_count(flags, cust, np.empty(len(flags), index))
+        elif m.kind in FLAG_KINDS:
             values = col.fill_null(0).to_numpy()
             if values.dtype.kind in "iu":  # (booleans took the count path above)
                 # Integer running totals are exact in any order; kept as int32 when they fit (half
@@ -361,20 +386,31 @@ def _extreme_input(col: pa.ChunkedArray, kind: str) -> tuple[np.ndarray, Any]:
 class _GrainLookups:
     """Lookups of one grain for the spine rows; positions are computed once per boundary offset."""
 
-    def __init__(self, prefix: _Prefix, cust: np.ndarray, cutoff_s: np.ndarray) -> None:
+    def __init__(self, prefix: _Prefix, cust: np.ndarray, cutoff_s: np.ndarray, offsets: Iterable[int] = ()) -> None:
         from custops.features import kernels  # numba: imported (~0.7 s) only by builds that need it
 
         self.k = kernels
         self.prefix, self.cust, self.cutoff_s = prefix, cust, cutoff_s
         # Each spine row's first grain row (a key past the last customer's: the grain's end, no rows).
-        self.first = prefix.row_start[np.minimum(cust, len(prefix.row_start) - 1)]
+        # Row numbers as int32 where the grain allows: half the bytes each lookup pass reads.
+        index = np.int32 if len(prefix.seconds) < 2**31 else np.int64
+        self.first = prefix.row_start[np.minimum(cust, len(prefix.row_start) - 1)].astype(index)
         self.positions: dict[int, np.ndarray] = {}
+        # Every window bound the grain's lookups need, searched in one pass (about half the time of
+        # one search pass per bound: each spine row's customer and range are read once).
+        days = sorted(set(offsets))
+        if days:
+            out = np.empty((len(days), len(cust)), index)
+            seconds = np.array(days, np.int64) * DAY_SECONDS
+            kernels.positions_many(prefix.row_start, prefix.seconds, cust, cutoff_s, seconds, out)
+            self.positions = dict(zip(days, out, strict=True))
 
     def position(self, offset: int) -> np.ndarray:
         """Per spine row: one past the customer's last row with `timestamp < cutoff + offset days`."""
         if offset not in self.positions:
             bound = self.cutoff_s + offset * DAY_SECONDS
-            self.positions[offset] = self.k.positions(self.prefix.row_start, self.prefix.seconds, self.cust, bound)
+            pos = self.k.positions(self.prefix.row_start, self.prefix.seconds, self.cust, bound)
+            self.positions[offset] = pos.astype(self.first.dtype, copy=False)
         return self.positions[offset]
 
     def window_total(self, name: str, w: Window) -> np.ndarray:
@@ -415,7 +451,11 @@ def _grain_columns(
     plan: GrainPlan, prefix: _Prefix, cust: np.ndarray, cutoff_s: np.ndarray
 ) -> tuple[dict[ops.Value, pa.Array], dict[Window, pa.Array]]:
     """Every lookup (per reduction node) and presence flag (per window) of one grain."""
-    lookups = _GrainLookups(prefix, cust, cutoff_s)  # positions of this grain only: freed when it is done
+    windows = [lk.window for pf in plan.features for lk in pf.lookups.values()]
+    windows += [pf.presence for pf in plan.features if pf.presence is not None]
+    offsets = {w.hi for w in windows} | {w.lo for w in windows if w.lo is not None}
+    # Positions of this grain only: freed when it is done.
+    lookups = _GrainLookups(prefix, cust, cutoff_s, offsets)
     reds: dict[ops.Value, pa.Array] = {}
     presences: dict[Window, pa.Array] = {}
     for pf in plan.features:

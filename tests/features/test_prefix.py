@@ -254,6 +254,33 @@ def test_running_kernel_matches_pandas_grouped_cumulatives() -> None:
     counts = kernels.running_count(flags, cust, np.empty(5_000, np.int32))
     assert counts.dtype == np.int32
     assert np.array_equal(counts, pd.Series(flags.astype(int)).groupby(cust).cumsum().to_numpy())
+    # the same counts from flags packed as bits of an int32 column (as grain queries return them)
+    other = rng.random(5_000) < 0.5
+    words = flags.astype(np.int32) | (other.astype(np.int32) << 30)
+    assert np.array_equal(kernels.running_count_bit(words, 0, cust, np.empty(5_000, np.int32)), counts)
+    want = pd.Series(other.astype(int)).groupby(cust).cumsum().to_numpy()
+    assert np.array_equal(kernels.running_count_bit(words, 30, cust, np.empty(5_000, np.int32)), want)
+
+
+def test_positions_many_equals_one_search_per_bound() -> None:
+    """All window bounds searched in one pass give, bound by bound, the single-bound search's rows
+    (customers without rows, keys past the last customer, bounds before and after every row)."""
+    from custops.features import kernels
+
+    rng = np.random.default_rng(3)
+    cust_rows = np.sort(rng.integers(0, 200, 3_000))
+    cust_rows = cust_rows[cust_rows != 17]  # a customer without rows
+    seconds = np.concatenate([np.sort(rng.integers(0, 10_000, (cust_rows == c).sum())) for c in np.unique(cust_rows)])
+    row_start = np.zeros(202, np.int64)
+    np.cumsum(np.bincount(cust_rows, minlength=201), out=row_start[1:])
+    spine = np.sort(rng.integers(0, 205, 4_000))  # keys 201.. are past the last customer's
+    cutoff = rng.integers(-1_000, 11_000, 4_000)
+    offsets = np.array([-3_000, -100, 0, 50, 2_500], np.int64)
+    for dtype in (np.int32, np.int64):
+        many = kernels.positions_many(row_start, seconds, spine, cutoff, offsets, np.empty((5, 4_000), dtype))
+        for j, off in enumerate(offsets):
+            one = kernels.positions(row_start, seconds, spine, cutoff + off)
+            assert np.array_equal(many[j], one), (dtype, off)
 
 
 def test_batched_build_with_range_joins_is_planned_per_batch(hand_validated: Path, tmp_path: Path) -> None:
