@@ -114,6 +114,42 @@ def running_count_bit(bits: np.ndarray, bit: int, cust: np.ndarray, out: np.ndar
     return out
 
 
+@numba.njit(nogil=True, cache=True)
+def rank_sorted(
+    order: np.ndarray,
+    value: np.ndarray,
+    code: np.ndarray,
+    part: np.ndarray,
+    size: np.ndarray,
+    cume: bool,
+    out: np.ndarray,
+) -> np.ndarray:
+    """`cume_dist` (`cume`) or `percent_rank` of every row into `out`, from the rows' sorted `order`.
+
+    Sorted by (`code`, `value`), where equal `code`s imply one partition `part` (of `size[part]`
+    rows) and each partition's rows are consecutive; peers are rows equal in both. One pass (each
+    peer group is scanned once, then filled), where the numpy version took a gather and compare per
+    key and several passes for partition and peer boundaries.
+    """
+    n = len(order)
+    i, part_start, current = 0, 0, -1
+    while i < n:
+        r = order[i]
+        p = part[r]
+        if p != current:
+            current, part_start = p, i
+        j = i + 1
+        while j < n and code[order[j]] == code[r] and value[order[j]] == value[r]:
+            j += 1
+        rows = np.float64(size[p])
+        # cume_dist: rows up to the last peer / rows; percent_rank: (rank - 1) / (rows - 1), 0 alone
+        v = (j - part_start) / rows if cume else ((i - part_start) / (rows - 1) if rows > 1 else 0.0)
+        for k in range(i, j):
+            out[order[k]] = v
+        i = j
+    return out
+
+
 SUM, MAX, MIN = 0, 1, 2
 
 
@@ -167,6 +203,8 @@ def warm_up() -> None:
         floor_seconds(i64, seconds)
         for index in (i32, i64):
             positions_many(i64, seconds, i64, i64, i64, np.zeros((2, 2), index.dtype))
+    for value in (f64, i64):
+        rank_sorted(i64, value, np.zeros(2, np.uint16), i64, i64, True, np.zeros(2))
     for total, out in ((i32, i64), (i64, i64), (f64, f64)):
         for index in (i32, i64):
             window_total(total, index, index, index, out)

@@ -96,7 +96,13 @@ def compute(
         code = (part * 5 + (klass + 1)).astype(np.uint16)
         order = np.argsort(value)
         order = order[np.argsort(code[order], kind="stable")]
-        sort_keys = [value, code]
+        # Peers and partitions in one pass over the sorted rows (numba; numpy's passes below cost
+        # twice the sort).
+        from custops.features import kernels  # numba: imported only by builds that need it
+
+        size = np.bincount(part)
+        cume = isinstance(window.node.func, ops.CumeDist)
+        return kernels.rank_sorted(order, value, code, part, size, cume, np.empty(n, np.float64))
     else:
         # np.lexsort sorts by its last key first: partition, then each order key (class, then
         # value). Keys with one value throughout (one partition, no NULL or NaN) are left out.
