@@ -204,7 +204,7 @@ def warm_up() -> None:
         for index in (i32, i64):
             positions_many(i64, seconds, i64, i64, i64, np.zeros((2, 2), index.dtype))
     for value in (f64, i64):
-        rank_sorted(i64, value, np.zeros(2, np.uint16), i64, i64, True, np.zeros(2))
+        rank_sorted(i64, value, np.zeros(2, np.uint16), i64, np.full(2, 2, np.int64), True, np.zeros(2))
     for total, out in ((i32, i64), (i64, i64), (f64, f64)):
         for index in (i32, i64):
             window_total(total, index, index, index, out)

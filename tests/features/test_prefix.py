@@ -262,6 +262,14 @@ def test_running_kernel_matches_pandas_grouped_cumulatives() -> None:
     assert np.array_equal(kernels.running_count_bit(words, 30, cust, np.empty(5_000, np.int32)), want)
 
 
+def test_kernel_warm_up_loads_every_kernel() -> None:
+    """The background warm-up runs through (a failure there is only logged, and the build would
+    then compile or load the remaining kernels on its critical path)."""
+    from custops.features import kernels
+
+    kernels.warm_up()
+
+
 def test_positions_many_equals_one_search_per_bound() -> None:
     """All window bounds searched in one pass give, bound by bound, the single-bound search's rows
     (customers without rows, keys past the last customer, bounds before and after every row)."""
