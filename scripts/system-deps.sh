@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: a Java runtime (Spark engine, issue 6) and
-# Debian's Chromium (the monitoring report is opened in a real headless browser, issue 5).
+# Debian's Chromium and its chromedriver (the monitoring report is opened in a real headless browser,
+# issue 5).
 # Installs only what is missing; needs root (CI runs as root). Without root it says what to install
 # and exits 0, and the tests that need the missing tool fail with that message.
 set -euo pipefail
@@ -8,6 +9,7 @@ set -euo pipefail
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
