@@ -1,4 +1,5 @@
-"""Rank windows computed with numpy sorts equal DuckDB's window functions, ties, NULLs and NaN included."""
+"""Rank windows computed outside the engine (radix and numpy sorts) equal DuckDB's window functions,
+ties, NULLs and NaN included."""
 
 from __future__ import annotations
 
@@ -102,3 +103,53 @@ def test_other_windows_are_left_to_the_engine() -> None:
     assert not ranks.rankable(node(framed), t.op())
     other = ibis.table({"v": "float64"}, name="u")
     assert not ranks.rankable(node(ibis.cume_dist().over(ibis.window(order_by=other.v))), t.op())
+
+
+def test_windows_computed_together_equal_each_alone() -> None:
+    """compute_all shares partitions and sorts between windows (two windows here order by the same
+    key): the values are those of each window computed on its own."""
+    df = _frame(2, 3000)
+    con = ibis.duckdb.connect()
+    t = con.create_table("t", df)
+    by = [t.cutoff, t.flag]
+    exprs = [
+        ibis.cume_dist().over(ibis.window(group_by=by, order_by=ibis.desc(t.x))),
+        ibis.percent_rank().over(ibis.window(group_by=by, order_by=ibis.desc(t.x))),
+        ibis.cume_dist().over(ibis.window(group_by=[t.cutoff], order_by=ibis.asc(t.k))),
+        ibis.percent_rank().over(ibis.window(group_by=by, order_by=ibis.asc(t.k))),
+    ]
+    windows, keys = ranks.plan_windows([next(iter(e.op().find(ops.WindowFunction))) for e in exprs])
+    values = t.select(**{f"k{i}": k.to_expr() for i, k in enumerate(keys)}).to_pyarrow()
+    columns = [values[f"k{i}"] for i in range(len(keys))]
+    together = ranks.compute_all(windows, columns)
+    for w, got in zip(windows, together, strict=True):
+        np.testing.assert_array_equal(got, ranks.compute(w, columns))
+    assert not np.array_equal(together[0], together[1])  # cume_dist and percent_rank differ
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    keys=st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**63, 2**64 - 1]), min_size=0, max_size=200),
+    codes=st.integers(1, 3),
+)
+def test_radix_order_is_a_stable_sort_by_code_then_key(keys: list[int], codes: int) -> None:
+    from custops.features import kernels
+
+    k = np.array(keys, np.uint64)
+    code = (np.arange(len(k)) % codes * 1000).astype(np.uint16)
+    got = kernels.radix_order(k, code, np.empty(len(k), np.int32))
+    np.testing.assert_array_equal(got, np.lexsort([k, code]))  # lexsort is stable: ties keep row order
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int64"])
+def test_sortable_bits_keep_the_order(dtype: str) -> None:
+    rng = np.random.default_rng(3)
+    if dtype == "float64":
+        v = np.concatenate([rng.normal(0, 1e6, 500), [0.0, -0.0, np.inf, -np.inf, 5e-324, -5e-324]])
+    else:
+        extremes = [0, -1, np.iinfo(np.int64).min, np.iinfo(np.int64).max]
+        v = np.concatenate([rng.integers(-(2**62), 2**62, 500), extremes])
+    bits = ranks._sortable_bits(v)
+    i, j = rng.integers(0, len(v), (2, 5000))
+    assert np.array_equal(bits[i] < bits[j], v[i] < v[j])
+    assert np.array_equal(bits[i] == bits[j], v[i] == v[j])
