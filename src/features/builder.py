@@ -229,6 +229,8 @@ def write_batched(
                 expr = build_expression(tables, batch_cuts, registry, observed_until=observed_until, shared=shared)
                 if writer is None:
                     schema = expr.schema().to_pyarrow()
+                    if shared.get("output") is not None:
+                        schema = shared["output"].output_schema(schema)
                     writer = BackgroundParquetWriter(path, schema, depth=WRITE_QUEUE_CHUNKS)
                 # Replayable: raw SQL that needs no memtable registered.
                 replayable = shared.get("steps") is not None and not expr.op().find(ops.InMemoryTable)

@@ -217,6 +217,9 @@ def test_batched_build_writes_one_snapshot_equal_to_one_batch(
     assert not {"recency_days", "r_score", "rfm_segment", "label_churn_90d"} & set(plans[0].passthrough)
     assert pq.ParquetFile(batched.features_path).metadata.num_rows == len(whole.read()) == 2 + 3 + 4 + 4
     assert pq.read_schema(batched.features_path).names == pq.read_schema(whole.features_path).names
+    written = pq.read_schema(batched.features_path)
+    assert not any(written.field(c).nullable for c in ("customer_id", "cutoff", "n_orders", "revenue_30d"))
+    assert all(written.field(c).nullable for c in ("last_purchase_at", "r_score", "label_churn_90d"))
     key = ["customer_id", "cutoff"]
     a = whole.read().sort_values(key).reset_index(drop=True)
     b = batched.read().sort_values(key).reset_index(drop=True)
@@ -325,6 +328,13 @@ def test_output_plan_fills_passthrough_columns_and_checks_row_order() -> None:
     shuffled = dataclasses.replace(plan, sql='SELECT customer_id, x * 2 AS doubled FROM "lk" ORDER BY customer_id')
     with pytest.raises(RuntimeError, match="another order"):
         list(shuffled.batches(con, lookups, schema, 2))
+    # The keys and the filled lookup are never NULL: written as required columns; computed ones stay nullable.
+    strict = plan.output_schema(schema)
+    assert [f.nullable for f in strict] == [False, False, True]
+    assert pa.Table.from_batches(list(plan.batches(con, lookups, strict, 2))).to_pydict() == out.to_pydict()
+    unfilled = dataclasses.replace(plan, passthrough={"n": ("r0", None)})
+    with pytest.raises(RuntimeError, match="n has NULL values"):
+        list(unfilled.batches(con, lookups, strict, 2))
 
 
 def test_segment_windows_that_do_not_qualify_stay_sql_and_keep_the_join(
