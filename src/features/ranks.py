@@ -80,7 +80,7 @@ def compute_all(windows: Sequence[RankWindow], keys: Sequence[pa.ChunkedArray | 
     """
     n = len(keys[0]) if keys else 0
     parts: dict[tuple[int, ...], np.ndarray] = {}
-    sorts: dict[tuple[Any, ...], Any] = {}
+    sorts: dict[tuple[Any, ...], _Sorted] = {}
     out = []
     for w in windows:
         if w.groups not in parts:
