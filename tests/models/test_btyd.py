@@ -219,3 +219,15 @@ def test_fits_a_feature_snapshot_and_ranks_future_purchases(tmp_path: Path) -> N
     assert model.n_customers_ == buyer.sum() and np.isnan(expected[~buyer]).all()
     assert spearmanr(expected[buyer], df.loc[buyer, label]).statistic > 0.3
     assert spearmanr(model.predict(df)[buyer], df.loc[buyer, f"label_value_{fs.value_horizon_days}d"]).statistic > 0.3
+
+
+def test_fit_does_not_depend_on_the_global_random_state(cdnow: pd.DataFrame, paretonbd: BTYDModel) -> None:
+    """lifetimes' Pareto/NBD starts from numpy's global random state: the fit is the same whatever ran
+    before it, and leaves that state as it found it."""
+    np.random.seed(12345)
+    np.random.normal(size=17)
+    state = np.random.get_state()
+    again = BTYDModel(transaction_model="paretonbd", time_unit_days=7).fit(cdnow)
+    assert again.params_ == paretonbd.params_
+    after = np.random.get_state()
+    assert after[2] == state[2] and np.array_equal(after[1], state[1])
