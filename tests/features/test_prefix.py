@@ -216,8 +216,8 @@ def test_batched_build_writes_one_snapshot_equal_to_one_batch(
     assert plans[0].passthrough["n_orders"][1] == 0 and plans[0].passthrough["last_purchase_at"][1] is None
     assert not {"recency_days", "r_score", "rfm_segment", "label_churn_90d"} & set(plans[0].passthrough)
     assert pq.ParquetFile(batched.features_path).metadata.num_rows == len(whole.read()) == 2 + 3 + 4 + 4
-    assert pq.read_schema(batched.features_path).names == pq.read_schema(whole.features_path).names
     written = pq.read_schema(batched.features_path)
+    assert written.names == pq.read_schema(whole.features_path).names
     assert not any(written.field(c).nullable for c in ("customer_id", "cutoff", "n_orders", "revenue_30d"))
     assert all(written.field(c).nullable for c in ("last_purchase_at", "r_score", "label_churn_90d"))
     key = ["customer_id", "cutoff"]
