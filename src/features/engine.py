@@ -777,10 +777,14 @@ def _integer_keys(tables: Mapping[str, ir.Table], materialize: bool) -> tuple[di
     """Replace string customer ids by dense int64 keys for the whole computation.
 
     Joins and group-bys on an int64 key are several times cheaper than on strings; the ids are
-    mapped back once at the end. Returns the re-keyed tables and the (customer_id, customer_key) map.
+    mapped back once at the end. The keys number the customers table's ids: every output row is a
+    customer of that table (`_spine`), and no feature of one customer reads another's events, so
+    the events of an id it lacks (ingest adds every id seen in events) are left out by the join
+    without changing any output. (Numbering the ids of every table took a distinct over each
+    event's id: ~0.5 s CPU more at 20M events.) Returns the re-keyed tables and the
+    (customer_id, customer_key) map.
     """
-    present = [tables[n].select("customer_id") for n in ("customers", "transactions", "interactions") if n in tables]
-    ids = ibis.union(*present, distinct=True) if len(present) > 1 else present[0].distinct()
+    ids = tables["customers"].select("customer_id").distinct()
     ids = ids.mutate(customer_key=ibis.row_number().over(order_by=ids.customer_id).cast("int64"))
     if materialize:
         ids = ids.cache()

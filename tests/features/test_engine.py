@@ -13,7 +13,7 @@ from custops.errors import ConfigError
 from custops.features.definitions import build_registry
 from custops.features.engine import build_expression, default_cutoffs, normalize_cutoffs, top_categories
 from custops.settings import FeatureSettings
-from tests.conftest import CUTOFFS, OBSERVED_UNTIL
+from tests.conftest import CUSTOMERS, CUTOFFS, IX, OBSERVED_UNTIL, TX, write_validated
 
 
 def compute(validated: Path, cutoffs: list[str], fs: FeatureSettings, observed_until: pd.Timestamp) -> pd.DataFrame:
@@ -198,6 +198,27 @@ def test_population_only_customers_that_exist_before_the_cutoff(features: pd.Dat
         ("B", "2024-04-01"),
         ("C", "2024-04-01"),
     ]
+
+
+def test_events_of_ids_missing_from_customers_change_nothing(
+    tmp_path: Path, features: pd.DataFrame, small_fs: FeatureSettings
+) -> None:
+    """The integer keys number the customers table's ids only: events of another id (a validated
+    layer not made by ingest, which adds them) are left out, and no output row changes."""
+    stray_tx = [
+        dict(customer_id="Z", timestamp="2024-02-01 09:00", amount=99.0, order_id="z1", product_id="p1"),
+        dict(customer_id="Z", timestamp="2024-03-20 09:00", amount=12.0, order_id="z2"),
+    ]
+    stray_ix = [dict(customer_id="Z", timestamp="2024-02-02 00:00", event_type="login")]
+    validated = write_validated(
+        tmp_path / "stray",
+        [dict(r) for r in TX + stray_tx],
+        [dict(r) for r in IX + stray_ix],
+        [dict(r) for r in CUSTOMERS],
+    )
+    with_stray = compute(validated, CUTOFFS, small_fs, OBSERVED_UNTIL)
+    assert "Z" not in with_stray.index.get_level_values("customer_id")
+    pd.testing.assert_frame_equal(with_stray, features)
 
 
 def test_labels_null_where_the_window_is_not_observed(hand_validated: Path, small_fs: FeatureSettings) -> None:
