@@ -496,9 +496,7 @@ def _prepare(size: int, size_dir: Path, args: argparse.Namespace, say: Callable[
         }
         return _run_phase("features", "features", spec, runs, args)
 
-    feat = _cached_layer(
-        size_dir / "features.json", feat_key, features, snapshot_exists, args.rebuild, args.reuse_data
-    )
+    feat = _cached_layer(size_dir / "features.json", feat_key, features, snapshot_exists, args.rebuild, args.reuse_data)
     return {"generate": gen, "ingest": ing, "features": feat, "home": str(home)}
 
 
