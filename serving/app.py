@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import httpx
 
 from custops.errors import ConfigError
 from custops.serving.config import ServingSettings
+from custops.serving.reload_signal import SERVER_ID_ENV
 from custops.settings import Settings
 
 SERVICE = "custops.serving.service:CustopsService"
@@ -53,6 +55,7 @@ def server_env(settings: Settings, serving: ServingSettings | None = None) -> di
         for name, value in serving.model_dump(mode="json", exclude_unset=True, exclude_none=True).items():
             env[f"CUSTOPS_SERVING_{name.upper()}"] = str(value)
     workers = (serving or ServingSettings()).workers
+    env[SERVER_ID_ENV] = uuid.uuid4().hex  # the workers of this server share its reload signal
     env["BENTOML_CONFIG_OVERRIDES"] = json.dumps({"services": {"custops": {"workers": workers}}})
     return env
 

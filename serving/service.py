@@ -10,8 +10,9 @@ the online store are loaded). With an API key configured (env var CUSTOPS_API_KE
 every path but the three probes needs the header X-API-Key.
 
 Models load at start (so a restart picks up new champions) and on POST /admin/reload, which swaps
-them for the worker that receives it. If loading fails the server still starts: the probes and
-GET /metadata report the error, other endpoints answer 503, and /readyz retries the load.
+them in the worker that receives it; the server's other workers start the same reload within about a
+second. If loading fails the server still starts: the probes and GET /metadata report the error, other
+endpoints answer 503, and /readyz retries the load.
 
 Concurrent /score requests are coalesced into one model call (`custops.serving.batcher`), and
 every prediction is appended to a SQLite log off the request path (`custops.serving.prediction_log`),
@@ -63,6 +64,7 @@ from custops.pipelines.scoring import (
 from custops.serving.batcher import MicroBatcher
 from custops.serving.config import ServingSettings
 from custops.serving.prediction_log import FrameInputs, PredictionLog, PredictionRecord
+from custops.serving.reload_signal import ReloadSignal, signal_path
 from custops.serving.schemas import (
     FeatureInfo,
     ModelInfo,
@@ -430,6 +432,8 @@ class CustopsService:
         self.load_error: str | None = None
         self._load_lock = threading.Lock()
         self._last_attempt = 0.0
+        # Read before the first load: a reload announced while this worker loads is followed after it.
+        self._reload_signal = ReloadSignal(signal_path())
         self._load()
         self.prediction_log: PredictionLog | None = None
         if self.serving.log_predictions:
@@ -447,12 +451,18 @@ class CustopsService:
         self._stop_watch = threading.Event()
         if self.serving.watch_seconds > 0:
             threading.Thread(target=self._watch, name="champion-watch", daemon=True).start()
+        # POST /admin/reload reaches one worker; it tells the others (`custops.serving.reload_signal`).
+        self._reload_signal.follow(functools.partial(self._load, wait=True), self._stop_watch)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def _load(self) -> bool:
-        """(Re)load models and store; on failure keep what is loaded and remember the error."""
-        if not self._load_lock.acquire(blocking=False):
+    def _load(self, wait: bool = False) -> bool:
+        """(Re)load models and store; on failure keep what is loaded and remember the error.
+
+        While another thread loads, returns False at once, or with `wait` loads after it (a reload
+        another worker announced must read the registry as it is now, not as that load read it).
+        """
+        if not self._load_lock.acquire(blocking=wait):
             return False  # another thread is loading
         try:
             self._last_attempt = time.monotonic()
@@ -482,7 +492,7 @@ class CustopsService:
         """Hot reload: poll the registry aliases and the online store; swap in what changed.
 
         Each worker polls for itself, so every worker of a multi-worker server follows a promotion,
-        a rollback or a `features materialize` within `watch_seconds` (unlike POST /admin/reload).
+        a rollback or a `features materialize` within `watch_seconds` without a request.
         """
         while not self._stop_watch.wait(self.serving.watch_seconds):
             try:
@@ -504,6 +514,7 @@ class CustopsService:
         """Finish queued scoring and write every logged prediction before the worker exits."""
         gc.unfreeze()  # let the interpreter's exit see (and free) what `_freeze_heap` hid
         self._stop_watch.set()
+        self._reload_signal.remove()
         for batcher in self.batchers.values():
             batcher.close()
         if self.prediction_log is not None:
@@ -670,10 +681,13 @@ class CustopsService:
 
     @bentoml.api(route="/admin/reload")
     def reload(self, ctx: bentoml.Context) -> ReloadResponse:
-        """Reload champions and the online store now (this worker); on failure the old models stay."""
+        """Reload champions and the online store now; the server's other workers start the same reload
+        within about a second (`custops.serving.reload_signal`). On failure the old models stay."""
         reloaded = self._load()
         models = self.models
-        if not reloaded:
+        if reloaded:
+            self._reload_signal.announce()
+        else:
             ctx.response.status_code = 503
         return ReloadResponse(
             reloaded=reloaded,

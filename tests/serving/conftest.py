@@ -40,19 +40,20 @@ class Server:
     workdir: Path
     api_key: str | None = None
     watch_seconds: float = 0.0
+    workers: int = 1
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
     _log: object = field(default=None, repr=False)
 
     @property
     def serving(self) -> ServingSettings:
-        # One worker: /admin/reload and log assertions address the one process that answers.
+        # One worker unless asked: log assertions address the one process that answers.
         return ServingSettings(
             max_batch=MAX_BATCH,
             max_k=MAX_K,
             log_dir=self.workdir / "logs",
             watch_seconds=self.watch_seconds,
-            workers=1,
+            workers=self.workers,
         )
 
     @property
@@ -126,6 +127,8 @@ def servers(serving_settings: Settings, tmp_path_factory: pytest.TempPathFactory
         "open": Server(serving_settings, root / "open"),
         # The auth server also runs with hot reload (as `custops serve --reload`), polling every second.
         "auth": Server(serving_settings, root / "auth", api_key=API_KEY, watch_seconds=1.0),
+        # Two workers behind one port: POST /admin/reload reaches one of them, both must follow.
+        "multi": Server(serving_settings, root / "multi", workers=2),
     }
     try:
         for server in found.values():  # start both, then wait: the start-ups overlap
@@ -148,6 +151,12 @@ def server(servers: dict[str, Server]) -> Server:
 def auth_server(servers: dict[str, Server]) -> Server:
     """The server that wants X-API-Key (and hot-reloads new champions)."""
     return servers["auth"].ensure_running()
+
+
+@pytest.fixture
+def multi_server(servers: dict[str, Server]) -> Server:
+    """The server with two worker processes (no hot reload)."""
+    return servers["multi"].ensure_running()
 
 
 @pytest.fixture

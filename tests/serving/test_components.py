@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -169,3 +170,49 @@ def test_workers_default_to_one_per_available_core_at_most_four(monkeypatch: pyt
         assert config.ServingSettings().workers == expected
     monkeypatch.setenv("CUSTOPS_SERVING_WORKERS", "3")
     assert config.ServingSettings().workers == 3
+
+
+# ---------------------------------------------------------------- reload signal (every worker follows /admin/reload)
+
+
+def test_a_reload_announced_by_one_worker_is_seen_once_by_each_other(tmp_path: Path) -> None:
+    from custops.serving.reload_signal import ReloadSignal
+
+    path = tmp_path / "reload"
+    first, second = ReloadSignal(path), ReloadSignal(path)
+    assert not first.poll() and not second.poll()  # nothing announced yet
+    first.announce()
+    assert not first.poll()  # the announcing worker has reloaded already
+    assert second.poll() and not second.poll()  # once per announcement
+    late = ReloadSignal(path)  # started after it: loaded the new models at start
+    assert not late.poll()
+    second.announce()
+    assert first.poll() and late.poll() and not second.poll()
+
+
+def test_the_follower_thread_reloads_on_an_announcement_and_stops(tmp_path: Path) -> None:
+    from custops.serving.reload_signal import ReloadSignal
+
+    path = tmp_path / "reload"
+    reloads = threading.Semaphore(0)
+    stop = threading.Event()
+    thread = ReloadSignal(path).follow(reloads.release, stop, every=0.02)
+    assert not reloads.acquire(timeout=0.2)  # no announcement: no reload
+    ReloadSignal(path).announce()
+    assert reloads.acquire(timeout=5)
+    stop.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+def test_each_server_has_its_own_reload_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from custops.serving.app import server_env
+    from custops.serving.reload_signal import SERVER_ID_ENV, signal_path
+    from custops.settings import Settings
+
+    settings = Settings(home=Path("/tmp/custops-home-for-env"))
+    one, two = server_env(settings)[SERVER_ID_ENV], server_env(settings)[SERVER_ID_ENV]
+    assert one != two
+    assert signal_path(one) != signal_path(two)
+    monkeypatch.delenv(SERVER_ID_ENV, raising=False)
+    assert signal_path() == signal_path(f"ppid{os.getppid()}")  # a bare `bentoml serve`: its workers' parent

@@ -380,6 +380,46 @@ def test_every_prediction_is_logged(
     assert len(recs) == 1 and json.loads(recs["inputs"].iloc[0])["k"] == 3
 
 
+def _answers(server: Server, requests: int = 24) -> list[tuple[str, str]]:
+    """(churn version, loaded_at) answered on `requests` fresh connections: each worker loaded its
+    models at its own time, so `loaded_at` tells the workers apart."""
+    seen = []
+    for _ in range(requests):
+        with server.client() as c:  # a new connection each time: any worker may take it
+            meta = c.get("/metadata").json()
+            seen.append((meta["models"]["churn"]["version"], meta["loaded_at"]))
+    return seen
+
+
+def _every_worker_serves(server: Server, want: str, timeout: float = 15.0) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        versions = {v for v, _ in _answers(server)}
+        if versions == {want} or time.monotonic() > deadline:
+            return versions
+        time.sleep(0.5)
+
+
+def test_admin_reload_reaches_every_worker(multi_server: Server, serving_settings: Settings) -> None:
+    registry = Registry(serving_settings)
+    old = registry.alias_version("churn", CHAMPION)
+    before = _answers(multi_server, requests=48)
+    assert {v for v, _ in before} == {old}
+    assert len({at for _, at in before}) == 2, "the requests did not reach both workers: the test could not tell"
+    info = registry.version_info("churn", old)
+    new = registry.register("churn", f"models:/{registry.name('churn')}/{old}", info["run_id"], {})
+    registry.promote("churn", new, None)
+    try:
+        with multi_server.client() as c:  # one request: one worker reloads, the other follows it
+            assert c.post("/admin/reload").json()["model_versions"]["churn"] == new
+        assert _every_worker_serves(multi_server, new) == {new}
+    finally:
+        registry.rollback("churn")
+        with multi_server.client() as c:
+            c.post("/admin/reload")
+    assert _every_worker_serves(multi_server, old) == {old}
+
+
 def test_admin_reload_picks_up_a_new_champion(client: httpx.Client, serving_settings: Settings) -> None:
     registry = Registry(serving_settings)
     old = registry.alias_version("churn", CHAMPION)
