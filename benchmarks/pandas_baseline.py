@@ -11,8 +11,9 @@ engagement windows 30/90 days, churn horizon 90 days, propensity horizon 30 days
 - then, for each cutoff, events with `timestamp < cutoff` (and `>= cutoff - window` for windowed
   features, `[cutoff, cutoff + horizon)` for labels) are filtered and grouped by customer.
 
-It is a fair baseline, not a strawman: customer ids are mapped to integer codes once and string
-columns are read dictionary-encoded, so groupbys run on integers. It computes fewer columns than
+It is a fair baseline, not a strawman: customer ids are mapped to integer codes once (or read as
+the `customer_key` ingest stores, as the engine reads them) and string columns are read
+dictionary-encoded, so groupbys run on integers. It computes fewer columns than
 the engine (no RFM scores, segments, trends or per-category labels), which favours pandas.
 
 `check_parity` compares its output with an engine snapshot: counts and timestamps exactly, floats
@@ -83,6 +84,17 @@ def _codes(ids: pd.Series, customers: pd.Index) -> np.ndarray:
     return codes.astype(np.int64)
 
 
+def _stored_keys(validated_dir: Path, n_customers: int) -> bool:
+    """Whether ingest stored `customer_key` (a customer's position in customers.parquet, what `_codes`
+    computes) on every table: the engine reads it too."""
+    customers = validated_dir / "customers.parquet"
+    events = [p for p in (validated_dir / "transactions.parquet", validated_dir / "interactions.parquet") if p.exists()]
+    if not all("customer_key" in pq.read_schema(p).names for p in (customers, *events)):
+        return False
+    key = pq.read_table(customers, columns=["customer_key"])["customer_key"].to_numpy()
+    return bool(np.array_equal(key, np.arange(n_customers)))
+
+
 @dataclass
 class _History:
     """History-level facts, computed once for all cutoffs."""
@@ -101,33 +113,31 @@ def _load_history(validated_dir: Path) -> _History:
     validated_dir = Path(validated_dir)
     customers = _read(validated_dir / "customers.parquet", ["customer_id", "signup_at"], [])
     ids = pd.Index(customers["customer_id"].astype(object))
+    keys = _stored_keys(validated_dir, len(ids))
+    # The customer of each event: the key ingest stored, or the id mapped to its code here.
+    who = ["customer_key"] if keys else ["customer_id"]
+
+    def customer_codes(frame: pd.DataFrame) -> np.ndarray:
+        return frame.pop("customer_key").to_numpy(np.int64) if keys else _codes(frame.pop("customer_id"), ids)
+
     tx = _read(
         validated_dir / "transactions.parquet",
-        [
-            "customer_id",
-            "timestamp",
-            "amount",
-            "order_id",
-            "product_id",
-            "category",
-            "quantity",
-            "status",
-        ],
+        [*who, "timestamp", "amount", "order_id", "product_id", "category", "quantity", "status"],
         ["customer_id", "order_id", "product_id", "category", "status"],
     )
-    tx["cust"] = _codes(tx.pop("customer_id"), ids)
+    tx["cust"] = customer_codes(tx)
     ix_path = validated_dir / "interactions.parquet"
     if ix_path.exists():
-        ix = _read(ix_path, ["customer_id", "timestamp", "event_type"], ["customer_id", "event_type"])
+        ix = _read(ix_path, [*who, "timestamp", "event_type"], ["customer_id", "event_type"])
+        ix["cust"] = customer_codes(ix)
     else:
         ix = pd.DataFrame(
             {
-                "customer_id": pd.Series(dtype=object),
+                "cust": pd.Series(dtype=np.int64),
                 "timestamp": pd.Series(dtype="datetime64[us]"),
                 "event_type": pd.Series(dtype=object),
             }
         )
-    ix["cust"] = _codes(ix.pop("customer_id"), ids)
 
     first_seen = pd.concat([tx[["cust", "timestamp"]], ix[["cust", "timestamp"]]]).groupby("cust")["timestamp"].min()
     signup = pd.Series(customers["signup_at"].to_numpy(), index=np.arange(len(ids)))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -453,6 +454,35 @@ def _with_event_customers(customers: pd.DataFrame, events: list[pd.DataFrame]) -
     return contract.validated_schema("customers").validate(merged, inplace=True), len(added)
 
 
+def _keyed_tables(valid: dict[str, pd.DataFrame]) -> Iterator[tuple[str, pyarrow.Table]]:
+    """Each table as Arrow with the `schema.CUSTOMER_KEY` of its rows' customers, event tables sorted
+    by (customer_key, timestamp), each marked with this ingest run (`schema.INGEST_RUN_METADATA`).
+    Consumes `valid` (each frame is dropped once converted: ingest's memory peaks lower).
+
+    Done once here for every later feature build: with the keys stored, a build neither joins the
+    string ids nor copies the events, and its grains read the events in customer order. Measured at
+    20M events, 12 cutoffs: 23.1-26.9 s a build from such a layer against 28.9-31.3 s joining and
+    copying (benchmarks/README.md); the keys without the sort gained ~1.5 s of that.
+    """
+    customers = valid["customers"].sort_values("customer_id", kind="stable", ignore_index=True)
+    ids = pd.Index(customers["customer_id"].astype(object))
+    run = uuid.uuid4().hex.encode()
+    for table in list(valid):
+        frame = valid.pop(table)
+        if table == "customers":
+            frame = customers.assign(**{schema.CUSTOMER_KEY: np.arange(len(customers), dtype=np.int64)})
+        elif "customer_id" in frame.columns:
+            keys = ids.get_indexer(frame["customer_id"].astype(object))
+            if len(keys) and keys.min() < 0:  # `_with_event_customers` added every id: a bug if not
+                raise RuntimeError(f"{table}: customer ids missing from customers after ingest")
+            order = np.lexsort((frame["timestamp"].to_numpy(), keys))
+            frame = frame.take(order).reset_index(drop=True)
+            frame[schema.CUSTOMER_KEY] = keys[order].astype(np.int64)
+        arrow = pyarrow.Table.from_pandas(frame, preserve_index=False)
+        del frame
+        yield table, arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), schema.INGEST_RUN_METADATA: run})
+
+
 def ingest(sources: Mapping[str, str | Path | None], settings: Settings) -> IngestReport:
     """Validate every given source and write the validated layer and the quarantine.
 
@@ -488,8 +518,8 @@ def ingest(sources: Mapping[str, str | Path | None], settings: Settings) -> Inge
         valid["customers"], [valid["transactions"], valid["interactions"]]
     )
 
-    for table, frame in valid.items():
-        write_parquet(frame, settings.validated_dir / f"{table}.parquet")
+    for table, arrow in _keyed_tables(valid):
+        write_parquet(arrow, settings.validated_dir / f"{table}.parquet")
     for table in schema.TABLES:
         path = settings.quarantine_dir / f"{table}.parquet"
         if table in quarantined:

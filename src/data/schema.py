@@ -10,6 +10,14 @@ from typing import Final
 
 TABLES: Final = ("transactions", "interactions", "customers", "products")
 
+# Ingest also numbers the customers: `customer_key` is a customer's position in the customers table
+# (sorted by customer_id), on that table and on every event table, whose rows are sorted by
+# (customer_key, timestamp). Each file records the ingest run that wrote it (Parquet schema
+# metadata `INGEST_RUN_METADATA`): the feature engine reads the keys as they are only when the
+# files come from one run, and otherwise joins the ids itself (see `custops.features.builder`).
+CUSTOMER_KEY: Final = "customer_key"
+INGEST_RUN_METADATA: Final = b"custops.ingest_run"
+
 # required -> Arrow/pandas dtype of the validated layer
 TRANSACTIONS: Final[dict[str, str]] = {
     "customer_id": "string",

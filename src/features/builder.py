@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import custops
+from custops.data.schema import CUSTOMER_KEY, INGEST_RUN_METADATA
 from custops.errors import ConfigError, StoreError
 from custops.features.definitions import FeatureRegistry, build_registry, feature_services
 from custops.features.engine import (
@@ -93,6 +94,22 @@ def validated_files(validated_dir: Path) -> dict[str, Path]:
     return {t: p for t, p in files.items() if p.exists()}
 
 
+def keys_from_one_ingest(files: dict[str, Path]) -> bool:
+    """True when the validated files carry customer keys (`CUSTOMER_KEY`) that one ingest run wrote:
+    the engine then reads them instead of numbering the ids. Files of different runs (a layer
+    replaced file by file, an older ingest, files placed by hand) number customers apart, so their
+    keys are not used."""
+    runs = set()
+    for table in ("customers", "transactions", "interactions"):
+        if table not in files:
+            continue
+        found = pq.read_schema(files[table])
+        if CUSTOMER_KEY not in found.names:
+            return False
+        runs.add((found.metadata or {}).get(INGEST_RUN_METADATA))
+    return len(runs) == 1 and None not in runs
+
+
 def git_commit() -> str | None:
     """The code's git commit, when running from a checkout."""
     try:
@@ -129,6 +146,7 @@ def build_snapshot(
         source_label = str(validated_dir)
     else:
         files = validated_files(Path(validated_dir))
+        keys_stored = keys_from_one_ingest(files)
         tables = {name: con.read_parquet(str(path), table_name=f"src_{name}") for name, path in files.items()}
         sources = {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in files.items()}
         source_label = str(files["transactions"])
@@ -159,7 +177,9 @@ def build_snapshot(
 
     def write(path: Path) -> dict[str, Any]:
         with _gc_paused():
-            write_batched(con, tables, cuts, registry, observed_until, path, batch_rows=batch_rows)
+            write_batched(
+                con, tables, cuts, registry, observed_until, path, batch_rows=batch_rows, stored_keys=keys_stored
+            )
         return _count_entries(path)
 
     def write_spark(path: Path) -> dict[str, Any]:
@@ -203,16 +223,18 @@ def write_batched(
     path: Path,
     *,
     batch_rows: int = BATCH_ROWS,
+    stored_keys: bool = False,
 ) -> int:
     """Compute and write the snapshot a few cutoffs at a time into one Parquet file; returns rows.
 
     Cutoffs are independent (segments rank within a cutoff), so a batch of them is a complete part
     of the snapshot. Batches of about `batch_rows` (customer, cutoff) rows bound peak memory; what
     does not depend on the cutoffs (integer keys, running totals) is computed once and shared.
+    `stored_keys`: the tables' `customer_key` columns are the integer keys (`keys_from_one_ingest`).
     """
     n_customers = int(tables["customers"].count().to_pyarrow().as_py())
     per_batch = max(1, batch_rows // max(n_customers, 1))
-    shared: dict[str, Any] = {}
+    shared: dict[str, Any] = {"stored_keys": stored_keys}
     if per_batch >= len(cuts):  # one batch: DuckDB writes it (in parallel)
         expr = build_expression(tables, cuts, registry, observed_until=observed_until, shared=shared)
         try:

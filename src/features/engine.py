@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from custops.data.schema import CUSTOMER_KEY
 from custops.errors import ConfigError
 from custops.features import prefix, ranks
 from custops.features.definitions import Feature, FeatureRegistry, FeatureView, days_between
@@ -273,6 +274,10 @@ def build_expression(
     else:
         cut = ibis.memtable(pd.DataFrame({"cutoff": pd.to_datetime(cutoffs).astype("datetime64[us]")}))
     physical = choose_plan(tables, plan, materialize)
+    if "keyed" not in shared and shared.get("stored_keys"):
+        shared["keyed"] = _stored_keys(tables)
+        if physical == "prefix":
+            prefix.warm_kernels()
     if "keyed" not in shared:
         keyed, ids = _integer_keys(tables, materialize)
         if physical == "prefix":
@@ -796,6 +801,20 @@ def _integer_keys(tables: Mapping[str, ir.Table], materialize: bool) -> tuple[di
         j = tab.join(ids, tab.customer_id == ids.customer_id)
         keyed[name] = j.select(customer_id=ids.customer_key, **{c: j[c] for c in tab.columns if c != "customer_id"})
     return keyed, ids
+
+
+def _stored_keys(tables: Mapping[str, ir.Table]) -> tuple[dict[str, ir.Table], ir.Table]:
+    """`_integer_keys` from the keys ingest stored (`custops.data.schema.CUSTOMER_KEY`): each table's
+    `customer_key` as its customer_id, and the customers' (customer_id, customer_key) as the map.
+
+    Nothing is joined or copied: the grains read the validated files, whose events ingest sorted by
+    (customer_key, timestamp). The caller checks that the keys come from one ingest run.
+    """
+    keyed = {
+        name: tab.drop("customer_id").rename(customer_id=CUSTOMER_KEY) if CUSTOMER_KEY in tab.columns else tab
+        for name, tab in tables.items()
+    }
+    return keyed, tables["customers"].select("customer_id", customer_key=tables["customers"][CUSTOMER_KEY])
 
 
 def _try_expr(f: Feature, t: ir.Table) -> ir.Value | None:
