@@ -462,7 +462,8 @@ def _keyed_tables(valid: dict[str, pd.DataFrame]) -> Iterator[tuple[str, pyarrow
     Done once here for every later feature build: with the keys stored, a build neither joins the
     string ids nor copies the events, and its grains read the events in customer order. Measured at
     20M events, 12 cutoffs: 23.1-26.9 s a build from such a layer against 28.9-31.3 s joining and
-    copying (benchmarks/README.md); the keys without the sort gained ~1.5 s of that.
+    copying (benchmarks/README.md); the keys without the sort gained ~1.5 s of that. Ingest pays for
+    it once: 55.0-62.5 s instead of 36.6-44.5 s at 20M events, so it pays back from a layer's third build.
     """
     customers = valid["customers"].sort_values("customer_id", kind="stable", ignore_index=True)
     ids = pyarrow.array(customers["customer_id"])  # unique (ingest quarantines repeated ids)
@@ -474,8 +475,9 @@ def _keyed_tables(valid: dict[str, pd.DataFrame]) -> Iterator[tuple[str, pyarrow
         arrow = pyarrow.Table.from_pandas(frame, preserve_index=False)
         del frame
         if table != "customers" and "customer_id" in arrow.column_names:
-            # Arrow's hash lookup and (stable) sort: at 20M events 0.5 s each per 10M rows, where
-            # `pd.Index.get_indexer` (a Python string per event) took 1.9 s and `np.lexsort` 2.5 s.
+            # Arrow's hash lookup and (stable) sort: 0.5 s each per 10M rows, where `pd.Index.get_indexer`
+            # (a Python string per event) took 1.9 s and `np.lexsort` 2.5 s. Moving every column into
+            # that order (`take`, random reads of the strings) is most of the cost: ~6 s per 10M rows.
             keys = pc.index_in(arrow["customer_id"], value_set=ids)
             if keys.null_count:  # `_with_event_customers` added every id: a bug if not
                 raise RuntimeError(f"{table}: customer ids missing from customers after ingest")
