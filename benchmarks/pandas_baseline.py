@@ -85,11 +85,13 @@ def _codes(ids: pd.Series, customers: pd.Index) -> np.ndarray:
 
 
 def _stored_keys(validated_dir: Path, n_customers: int) -> bool:
-    """Whether ingest stored `customer_key` (a customer's position in customers.parquet, what `_codes`
-    computes) on every table: the engine reads it too."""
+    """Whether one ingest run stored `customer_key` (a customer's position in customers.parquet, what
+    `_codes` computes) on every table, as the engine checks before it reads them."""
     customers = validated_dir / "customers.parquet"
     events = [p for p in (validated_dir / "transactions.parquet", validated_dir / "interactions.parquet") if p.exists()]
-    if not all("customer_key" in pq.read_schema(p).names for p in (customers, *events)):
+    schemas = [pq.read_schema(p) for p in (customers, *events)]
+    runs = {(s.metadata or {}).get(b"custops.ingest_run") for s in schemas}
+    if not all("customer_key" in s.names for s in schemas) or len(runs) != 1 or None in runs:
         return False
     key = pq.read_table(customers, columns=["customer_key"])["customer_key"].to_numpy()
     return bool(np.array_equal(key, np.arange(n_customers)))
@@ -113,12 +115,12 @@ def _load_history(validated_dir: Path) -> _History:
     validated_dir = Path(validated_dir)
     customers = _read(validated_dir / "customers.parquet", ["customer_id", "signup_at"], [])
     ids = pd.Index(customers["customer_id"].astype(object))
-    keys = _stored_keys(validated_dir, len(ids))
+    stored = _stored_keys(validated_dir, len(ids))
     # The customer of each event: the key ingest stored, or the id mapped to its code here.
-    who = ["customer_key"] if keys else ["customer_id"]
+    who = ["customer_key"] if stored else ["customer_id"]
 
     def customer_codes(frame: pd.DataFrame) -> np.ndarray:
-        return frame.pop("customer_key").to_numpy(np.int64) if keys else _codes(frame.pop("customer_id"), ids)
+        return frame.pop("customer_key").to_numpy(np.int64) if stored else _codes(frame.pop("customer_id"), ids)
 
     tx = _read(
         validated_dir / "transactions.parquet",
