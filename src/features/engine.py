@@ -274,20 +274,21 @@ def build_expression(
     else:
         cut = ibis.memtable(pd.DataFrame({"cutoff": pd.to_datetime(cutoffs).astype("datetime64[us]")}))
     physical = choose_plan(tables, plan, materialize)
-    if "keyed" not in shared and shared.get("stored_keys"):
-        shared["keyed"] = _stored_keys(tables)
-        if physical == "prefix":
-            prefix.warm_kernels()
     if "keyed" not in shared:
-        keyed, ids = _integer_keys(tables, materialize)
         if physical == "prefix":
-            prefix.warm_kernels()  # while the engine joins and copies the events (it holds no GIL)
-            # Every grain and the customers read the re-keyed events once each: join the ids once,
-            # keeping only the columns they read (e.g. not the interactions' product and channel).
-            keyed = {
-                n: tab.select(*_read_columns(n, tab)).cache() if n != "customers" else tab for n, tab in keyed.items()
-            }
-        shared["keyed"] = keyed, ids
+            prefix.warm_kernels()  # while the engine reads (joins, copies) the events: it holds no GIL
+        if shared.get("stored_keys"):
+            shared["keyed"] = _stored_keys(tables)  # ingest's keys (`custops.features.builder.keys_from_one_ingest`)
+        else:
+            keyed, ids = _integer_keys(tables, materialize)
+            if physical == "prefix":
+                # Every grain and the customers read the re-keyed events once each: join the ids once,
+                # keeping only the columns they read (e.g. not the interactions' product and channel).
+                keyed = {
+                    n: tab.select(*_read_columns(n, tab)).cache() if n != "customers" else tab
+                    for n, tab in keyed.items()
+                }
+            shared["keyed"] = keyed, ids
     tables, ids = shared["keyed"]
     if "customers" not in shared:
         # Batches of cutoffs share it; the range plan (Spark) keeps it inline as before.
