@@ -36,9 +36,7 @@ def ingest_raw(settings: Settings, sources: Mapping[str, str | Path | None] | No
     return ingest(sources or raw_sources(settings.raw_dir), settings)
 
 
-def build_features(
-    settings: Settings, *, cutoffs: Sequence[Any] | None = None, engine: str | None = None
-) -> Snapshot:
+def build_features(settings: Settings, *, cutoffs: Sequence[Any] | None = None, engine: str | None = None) -> Snapshot:
     """Build a new offline snapshot from the validated layer (engine: `engine`, else `settings.engine`)."""
     engine = engine or settings.engine
     source = settings.spark.validated_uri if engine == "spark" and settings.spark.validated_uri else None

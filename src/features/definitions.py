@@ -394,6 +394,12 @@ def _profile() -> FeatureView:
     )
 
 
+def _non_negative(value: ir.NumericValue) -> ir.NumericValue:
+    """`value` with rounding's tiny negatives as 0, NULL kept NULL (SQL's GREATEST(NULL, 0) is 0: a
+    customer without two purchase days would get a standard deviation of 0 instead of none)."""
+    return ibis.ifelse(value < 0, 0.0, value)
+
+
 def _rfm_derived(fs: FeatureSettings) -> FeatureView:
     wmax = max(fs.windows_days)
     emax = max(fs.engagement_windows_days)
@@ -442,8 +448,8 @@ def _rfm_derived(fs: FeatureSettings) -> FeatureView:
         Feature(
             name="ipt_std_days",
             description="Standard deviation of days between purchase days.",
-            expr=lambda t: ibis.greatest(
-                ratio(t.ipt_sumsq_days, _gaps(t)) - ratio(t.ipt_sum_days, _gaps(t)) ** 2, 0.0
+            expr=lambda t: _non_negative(
+                ratio(t.ipt_sumsq_days, _gaps(t)) - ratio(t.ipt_sum_days, _gaps(t)) ** 2
             ).sqrt(),
         ),
         Feature(

@@ -114,6 +114,7 @@ EXPECTED = {
         recency_days=None,
         frequency_btyd=0,
         ipt_mean_days=None,
+        ipt_std_days=None,  # no gap between purchase days: no spread either (not 0)
         view_30d=1,
         interactions_30d=1,
         tenure_days=10.0,
