@@ -643,7 +643,9 @@ def _attach_prefix_features(
 
     def compute_lookups() -> tuple[dict[int, dict[ops.Value, str]], dict[int, dict[prefix.Window, str]]]:
         spine = con.to_pyarrow(ordered) if spine_sql is None else con.con.sql(spine_sql).to_arrow_table()
-        table, red_cols, presence_cols = prefix.lookup_table(used, con, spine, running, after)
+        # Ingest's keys come with its sort: events by (customer_key, timestamp).
+        sorted_sources = bool(shared.get("stored_keys"))
+        table, red_cols, presence_cols = prefix.lookup_table(used, con, spine, running, after, sorted_sources)
         # Registered as a view DuckDB scans in place (copying it with CREATE TABLE cost more than
         # computing it); each batch replaces the last one's (`release_lookups` drops the last).
         release_lookups(con, shared)

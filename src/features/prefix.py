@@ -290,11 +290,23 @@ def _measure_expr(m: Measure) -> ir.Value:
     return arg.notnull() if m.kind == "count" else arg
 
 
-def _running(plan: GrainPlan, con: Any) -> _Prefix:
+def in_source_order(grain: ir.Table) -> bool:
+    """Whether the grain's rows come in the order of one source table's rows: only projections and
+    filters of it (no aggregate, join, union or sort), which DuckDB returns in scan order."""
+    rels = grain.op().find(ops.Relation)
+    sources = [r for r in rels if isinstance(r, ops.PhysicalTable)]
+    return len(sources) == 1 and all(
+        isinstance(r, (ops.Project, ops.DropColumns, ops.Filter, ops.PhysicalTable)) for r in rels
+    )
+
+
+def _running(plan: GrainPlan, con: Any, presorted: bool = False) -> _Prefix:
     """Sort the grain by (customer, timestamp) and accumulate every measure per customer.
 
     Rows sharing a timestamp need no merging: a lookup reads the total at the last row before
-    its boundary, which includes all of them.
+    its boundary, which includes all of them. `presorted`: the grain's rows already come in that
+    order (a projection of events ingest sorted, `in_source_order`), so the engine does not sort
+    them again (~0.3 s wall and 0.55 s CPU for 10M rows); checked, and sorted when they do not.
     """
     from custops.features import kernels  # numba: imported (~0.7 s) only by builds that need it
 
@@ -313,14 +325,18 @@ def _running(plan: GrainPlan, con: Any) -> _Prefix:
         ]
         values[column] = functools.reduce(operator.or_, bits).cast("int32")
         packed |= {name: (column, bit) for bit, name in enumerate(flags[start : start + FLAG_BITS])}
-    rows = tmpl.select("customer_id", "timestamp", **values).order_by(["customer_id", "timestamp"])
-    table = con.to_pyarrow(rows)
+    rows = tmpl.select("customer_id", "timestamp", **values)
+    table = con.to_pyarrow(rows if presorted else rows.order_by(["customer_id", "timestamp"]))
     cust = table["customer_id"].to_numpy().astype(np.int64, copy=False)
     micros = table["timestamp"].cast(pa.int64()).to_numpy()
     # Seconds until 2038 fit int32: half the memory, and these are kept for the whole build.
     fits = not len(micros) or (micros.min() // 1_000_000 >= -(2**31) and micros.max() // 1_000_000 < 2**31)
     secs = kernels.floor_seconds(micros, np.empty(len(micros), np.int32 if fits else np.int64))
     del micros
+    if presorted and not kernels.in_customer_order(cust, secs):
+        log.warning("%s: rows not in (customer, time) order as ingest writes them; sorting", plan.source)
+        del table, cust, secs
+        return _running(plan, con)
     table = table.drop_columns(["customer_id", "timestamp"])
     # First row of each customer key: rows per key, accumulated.
     row_start = np.zeros((int(cust.max()) + 2) if len(cust) else 1, dtype=np.int64)
@@ -474,6 +490,7 @@ def lookup_table(
     spine: pa.Table,
     cache: dict[str, Any] | None = None,
     after: Mapping[str, Callable[[], None]] | None = None,
+    sorted_sources: bool = False,
 ) -> tuple[pa.Table, dict[int, dict[ops.Value, str]], dict[int, dict[Window, str]]]:
     """Every lookup value of every plan for the spine's (customer_id, cutoff) rows, as Arrow columns.
 
@@ -482,6 +499,8 @@ def lookup_table(
     totals for the next call with the same tables and registry (cutoff batches of one build).
     `after` names a function to call
     once a grain's running totals exist (the engine frees source tables no later grain reads).
+    `sorted_sources`: the source tables' rows are sorted by (customer, timestamp), as ingest writes
+    them; grains that keep their source's order are then not sorted again.
     """
     cust = spine["customer_id"].to_numpy().astype(np.int64)
     cutoff_s = np.floor_divide(spine["cutoff"].cast(pa.int64()).to_numpy(), 1_000_000)
@@ -490,7 +509,7 @@ def lookup_table(
         if cache is not None and plan.source in cache:
             prefixes.append(cache[plan.source])
             continue
-        prefixes.append(_running(plan, con))
+        prefixes.append(_running(plan, con, presorted=sorted_sources and in_source_order(plan.template)))
         if cache is not None:
             cache[plan.source] = prefixes[-1]
         if after and plan.source in after:

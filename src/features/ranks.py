@@ -103,7 +103,8 @@ def compute(
 @dataclass
 class _Sorted:
     """The rows sorted by partition and the window's order keys; `radix` when sorted by (code,
-    value) with one order key (`rank_sorted` then finds peers and partitions), else by lexsort."""
+    key bits) with one order key (`value` and `code` then hold the sorted key bits and codes, in
+    which `rank_sorted` finds peers and partitions), else by lexsort."""
 
     order: np.ndarray
     radix: bool
@@ -114,17 +115,24 @@ class _Sorted:
 
 def _sort(window: RankWindow, keys: Sequence[pa.ChunkedArray | pa.Array], part: np.ndarray) -> _Sorted:
     n = len(part)
-    order_keys = [_order_key(keys[i], asc, nulls_first) for i, asc, nulls_first in window.orders]
-    if len(order_keys) == 1 and n and part.max() < 2**13:
+    if len(window.orders) == 1 and n and part.max() < 2**13:
         # One order key: a radix sort by (partition and class as one 16-bit code, value), 4x as
         # fast as numpy's argsort of the values alone (which then needed a second, stable sort).
         from custops.features import kernels  # numba: imported only by builds that need it
 
-        value, klass = order_keys[0]
-        code = (part * 5 + (klass + 1)).astype(np.uint16)
+        column, ascending, nulls_first = window.orders[0]
+        values, null = _to_numpy(keys[column])
+        bits, code = np.empty(n, np.uint64), np.empty(n, np.uint16)
+        if values.dtype.kind == "f":
+            kernels.rank_keys_float(
+                values.astype(np.float64, copy=False), null, part, ascending, nulls_first, bits, code
+            )
+        else:
+            kernels.rank_keys_int(values.astype(np.int64, copy=False), null, part, ascending, nulls_first, bits, code)
         index = np.int32 if n < 2**31 else np.int64
-        order = kernels.radix_order(_sortable_bits(value), code, np.empty(n, index))
-        return _Sorted(order, True, value=value, code=code)
+        order, sorted_bits, sorted_code = kernels.radix_order(bits, code, np.empty(n, index))
+        return _Sorted(order, True, value=sorted_bits, code=sorted_code)
+    order_keys = [_order_key(keys[i], asc, nulls_first) for i, asc, nulls_first in window.orders]
     # np.lexsort sorts by its last key first: partition, then each order key (class, then value).
     # Keys with one value throughout (one partition, no NULL or NaN) are left out.
     sort_keys = []
@@ -144,7 +152,7 @@ def _rank(window: RankWindow, part: np.ndarray, s: _Sorted) -> np.ndarray:
         # twice the sort).
         from custops.features import kernels
 
-        return kernels.rank_sorted(s.order, s.value, s.code, part, np.bincount(part), cume, np.empty(n, np.float64))
+        return kernels.rank_sorted(s.order, s.value, s.code, np.bincount(part), cume, np.empty(n, np.float64))
     order = s.order
     # Peers: consecutive sorted rows equal in partition and every order key.
     same = np.zeros(n, bool)
@@ -169,16 +177,6 @@ def _rank(window: RankWindow, part: np.ndarray, s: _Sorted) -> np.ndarray:
     out = np.empty(n, np.float64)
     out[order] = sorted_values
     return out
-
-
-def _sortable_bits(values: np.ndarray) -> np.ndarray:
-    """Unsigned 64-bit keys in the order of `values` (int64, or float64 without NaN): the
-    sign bit flipped for integers and non-negative floats, every bit for negative floats."""
-    sign = np.uint64(1 << 63)
-    if values.dtype.kind == "f":
-        bits = (values.astype(np.float64, copy=False) + 0.0).view(np.uint64)  # -0.0 is 0.0
-        return np.where(bits & sign, ~bits, bits | sign)
-    return values.astype(np.int64, copy=False).view(np.uint64) ^ sign
 
 
 def _to_numpy(a: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -223,6 +221,8 @@ def _partition_codes(columns: Sequence[pa.ChunkedArray | pa.Array], n: int) -> n
     part = np.zeros(n, np.int64)
     for col in columns:
         values, null = _to_numpy(col)
+        if n and not null.any() and values.min() == values.max():
+            continue  # one value throughout (e.g. the cutoff of a one-cutoff batch): it splits nothing
         codes, uniques = pd.factorize(values, sort=False)
         codes = np.where(null, len(uniques), codes)
         part = part * (len(uniques) + 1) + codes

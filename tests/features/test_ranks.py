@@ -137,19 +137,46 @@ def test_radix_order_is_a_stable_sort_by_code_then_key(keys: list[int], codes: i
 
     k = np.array(keys, np.uint64)
     code = (np.arange(len(k)) % codes * 1000).astype(np.uint16)
-    got = kernels.radix_order(k, code, np.empty(len(k), np.int32))
+    before = k.copy(), code.copy()
+    got, sorted_keys, sorted_code = kernels.radix_order(k, code, np.empty(len(k), np.int32))
     np.testing.assert_array_equal(got, np.lexsort([k, code]))  # lexsort is stable: ties keep row order
+    np.testing.assert_array_equal(sorted_keys, k[got])  # the keys and codes come along in that order
+    np.testing.assert_array_equal(sorted_code, code[got])
+    np.testing.assert_array_equal(k, before[0])  # the inputs are left as they were
+    np.testing.assert_array_equal(code, before[1])
 
 
 @pytest.mark.parametrize("dtype", ["float64", "int64"])
-def test_sortable_bits_keep_the_order(dtype: str) -> None:
+@pytest.mark.parametrize("ascending", [True, False])
+@pytest.mark.parametrize("nulls_first", [True, False])
+def test_rank_keys_order_rows_as_sql_orders_them(dtype: str, ascending: bool, nulls_first: bool) -> None:
+    """(code, key bits) order rows as ORDER BY value ASC/DESC NULLS FIRST/LAST does in a partition:
+    NaN the largest number, -0.0 equal to 0.0, extremes of both types kept apart."""
+    from custops.features import kernels
+
     rng = np.random.default_rng(3)
     if dtype == "float64":
-        v = np.concatenate([rng.normal(0, 1e6, 500), [0.0, -0.0, np.inf, -np.inf, 5e-324, -5e-324]])
+        special = [0.0, -0.0, np.inf, -np.inf, 5e-324, -5e-324, np.nan, np.nan, 1.5, 1.5]
+        v = np.concatenate([rng.normal(0, 1e6, 300), special])
     else:
-        extremes = [0, -1, np.iinfo(np.int64).min, np.iinfo(np.int64).max]
-        v = np.concatenate([rng.integers(-(2**62), 2**62, 500), extremes])
-    bits = ranks._sortable_bits(v)
+        special = [0, -1, np.iinfo(np.int64).min, np.iinfo(np.int64).max, 7, 7]
+        v = np.concatenate([rng.integers(-(2**62), 2**62, 300), special])
+    null = rng.random(len(v)) < 0.1
+    part = rng.integers(0, 3, len(v))
+    bits, code = np.empty(len(v), np.uint64), np.empty(len(v), np.uint16)
+    kernel = kernels.rank_keys_float if dtype == "float64" else kernels.rank_keys_int
+    kernel(v, null, part, ascending, nulls_first, bits, code)
+
+    def sql_key(r: int) -> tuple[int, int, float]:  # (partition, class, value in the key's order)
+        if null[r]:
+            return (int(part[r]), 0 if nulls_first else 4, 0)
+        if dtype == "float64" and np.isnan(v[r]):
+            return (int(part[r]), 3 if ascending else 1, 0)
+        x = int(v[r]) if dtype == "int64" else float(v[r]) + 0.0
+        return (int(part[r]), 2, x if ascending else -x)
+
+    expected = [sql_key(r) for r in range(len(v))]
     i, j = rng.integers(0, len(v), (2, 5000))
-    assert np.array_equal(bits[i] < bits[j], v[i] < v[j])
-    assert np.array_equal(bits[i] == bits[j], v[i] == v[j])
+    got = [(int(code[a]), int(bits[a])) for a in range(len(v))]
+    assert all((got[a] < got[b]) == (expected[a] < expected[b]) for a, b in zip(i, j, strict=True))
+    assert all((got[a] == got[b]) == (expected[a] == expected[b]) for a, b in zip(i, j, strict=True))

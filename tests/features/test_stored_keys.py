@@ -52,10 +52,14 @@ def test_ingest_numbers_customers_and_sorts_events_by_key_and_time(ingested: Pat
     assert keys_from_one_ingest(validated_files(ingested))
 
 
-def _rewrite(source: Path, target: Path, *, drop_keys: bool = False, run: bytes | None = None) -> Path:
+def _rewrite(
+    source: Path, target: Path, *, drop_keys: bool = False, run: bytes | None = None, shuffle: bool = False
+) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for table in TABLES:
         found = pq.read_table(source / f"{table}.parquet")
+        if shuffle and table in ("transactions", "interactions"):  # keys and run kept, ingest's order lost
+            found = found.take(np.random.default_rng(3).permutation(found.num_rows))
         if drop_keys and CUSTOMER_KEY in found.column_names:
             found = found.drop_columns([CUSTOMER_KEY])
         if run is not None and table == "customers":
@@ -93,3 +97,40 @@ def test_stored_keys_build_the_snapshot_the_joined_ids_build(
     b = joined.read().sort_values(key).reset_index(drop=True)
     assert len(a) > 300
     assert_same(a, b)
+
+
+def test_grains_in_ingest_order_are_not_sorted_again_and_any_other_order_is(
+    ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Grains that project the sorted events skip the engine's sort; rows in another order (keys of
+    one run, but the files rewritten in any order) are detected and sorted, with the same snapshot."""
+    from custops.features import prefix
+
+    fs = FeatureSettings(n_cutoffs=4)
+    calls: list[tuple[str, bool]] = []
+    real = prefix._running
+    monkeypatch.setattr(
+        prefix,
+        "_running",
+        lambda plan, con, presorted=False: calls.append((plan.source, presorted)) or real(plan, con, presorted),
+    )
+    sorted_build = build_snapshot(ingested, OfflineStore(tmp_path / "sorted"), fs, batch_rows=700)
+    skipped = {source for source, presorted in calls if presorted}
+    # projections and filters of the events; aggregated grains (orders, first purchases, days) are sorted
+    assert skipped == {"interaction_events", "refund_events", "category_lines"}
+    assert not [r for r in caplog.records if "not in (customer, time) order" in r.getMessage()]
+
+    calls.clear()
+    shuffled = _rewrite(ingested, tmp_path / "shuffled", shuffle=True)
+    assert keys_from_one_ingest(validated_files(shuffled))
+    with caplog.at_level("WARNING", logger="custops.features.prefix"):
+        rebuilt = build_snapshot(shuffled, OfflineStore(tmp_path / "shuffled-store"), fs, batch_rows=700)
+    warned = {r.getMessage().split(":")[0] for r in caplog.records if "not in (customer, time) order" in r.getMessage()}
+    assert warned == skipped  # each presorted grain was checked, found out of order and sorted
+    assert ("interaction_events", False) in calls  # ... by the sorting path
+
+    key = ["customer_id", "cutoff"]
+    assert_same(
+        sorted_build.read().sort_values(key).reset_index(drop=True),
+        rebuilt.read().sort_values(key).reset_index(drop=True),
+    )
