@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,7 @@ def build_snapshot(
     if engine not in ENGINES:
         raise ConfigError(f"engine {engine!r} is not supported (choose one of: {', '.join(ENGINES)})")
     con = con or connect(engine, spark=spark, threads=fs.threads, memory_limit=fs.memory_limit)
+    hashes: dict[str, tuple[Path, Future[str]]] = {}
     if engine == "spark":
         tables, sources = _read_spark_sources(con, validated_dir)
         source_label = str(validated_dir)
@@ -150,7 +152,12 @@ def build_snapshot(
         files = validated_files(Path(validated_dir))
         keys_stored = keys_from_one_ingest(files)
         tables = {name: con.read_parquet(str(path), table_name=f"src_{name}") for name, path in files.items()}
-        sources = {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in files.items()}
+        # The files' hashes (lineage) on a thread while the engine reads their bounds and categories
+        # (hashlib releases the GIL): ~0.2 s at 20M events that the build no longer waits for.
+        hashing = ThreadPoolExecutor(1, thread_name_prefix="custops-hash")
+        hashes = {name: (p, hashing.submit(file_sha256, p)) for name, p in files.items()}
+        hashing.shutdown(wait=False)
+        sources = {}
         source_label = str(files["transactions"])
 
     tx = tables["transactions"]
@@ -168,6 +175,7 @@ def build_snapshot(
 
     categories = top_categories(tx, fs.top_categories)
     registry = build_registry(fs, categories)
+    sources |= {name: {"path": str(p), "sha256": digest.result()} for name, (p, digest) in hashes.items()}
     # No global ORDER BY: sorting millions of wide rows costs more than the build; readers sort.
     # DuckDB builds and writes a few cutoffs at a time (`write_batched`); Spark takes one expression.
     expr = build_expression(tables, cuts, registry, observed_until=observed_until) if engine == "spark" else None
