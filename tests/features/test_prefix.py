@@ -217,7 +217,9 @@ def test_batched_build_writes_one_snapshot_equal_to_one_batch(
     assert not {"recency_days", "r_score", "rfm_segment", "label_churn_90d"} & set(plans[0].passthrough)
     assert pq.ParquetFile(batched.features_path).metadata.num_rows == len(whole.read()) == 2 + 3 + 4 + 4
     written = pq.read_schema(batched.features_path)
-    assert written.names == pq.read_schema(whole.features_path).names
+    # one batch or many, the same schema: names, types, and which columns are never NULL
+    fields = [(f.name, f.type, f.nullable) for f in written]
+    assert fields == [(f.name, f.type, f.nullable) for f in pq.read_schema(whole.features_path)]
     assert not any(written.field(c).nullable for c in ("customer_id", "cutoff", "n_orders", "revenue_30d"))
     assert all(written.field(c).nullable for c in ("last_purchase_at", "r_score", "label_churn_90d"))
     key = ["customer_id", "cutoff"]

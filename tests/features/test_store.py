@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
@@ -84,9 +85,8 @@ def test_crashed_build_leaves_previous_snapshot_intact(
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    import ibis.backends.duckdb as duck
-
-    monkeypatch.setattr(duck.Backend, "to_parquet", boom)
+    # the Parquet writer fails mid-build (on its thread; the build raises it)
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         build_snapshot(hand_validated, store, small_fs, cutoffs=["2024-04-01"])
     assert store.list() == [first.snapshot_id]
