@@ -185,7 +185,9 @@ def rank_keys_int(
 ) -> None:
     """`rank_keys_float` for int64 values: descending is the complement (-x - 1, no overflow), and
     the sign bit is flipped."""
-    _rank_classes(null, np.zeros(len(null), np.bool_), part, ascending, nulls_first, code)
+    # Integers have no NaN: the NULL mask stands in for the NaN mask (only read where a row is not
+    # NULL, so always false there), with no all-false array allocated per call.
+    _rank_classes(null, null, part, ascending, nulls_first, code)
     ikeys = keys.view(np.int64)
     for i in range(len(values)):
         if null[i]:
