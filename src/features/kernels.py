@@ -236,10 +236,20 @@ RADIX_BITS = 11  # 2048 buckets: a histogram row stays in L1; six passes cover 6
 
 
 @numba.njit(nogil=True, cache=True)
-def radix_order(keys: np.ndarray, code: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def radix_order(
+    keys: np.ndarray,
+    code: np.ndarray,
+    out: np.ndarray,
+    other_idx: np.ndarray,
+    k: np.ndarray,
+    other_k: np.ndarray,
+    sorted_code: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The rows' order sorted by (`code`, `keys`) into `out` (int32 or int64): a stable LSD radix
     sort of unsigned keys (uint64, see `rank_keys_float`) and 16-bit codes. Returns the order and the
-    keys and codes in that order (new arrays; the inputs are not changed).
+    keys and codes in that order; `keys` and `code` are not changed. Work arrays, each with a slot
+    per row: `other_idx` (as `out`), `k` and `other_k` (as `keys`), `sorted_code` (as `code`); the
+    sorted keys are `k` or `other_k`, the codes `sorted_code`.
 
     Hand-written because numpy has no radix sort for 64-bit keys: its argsort compares (introsort,
     ~100 ms for 1M float64 keys here) where this is ~25 ms. All digit histograms come from one read;
@@ -257,11 +267,9 @@ def radix_order(keys: np.ndarray, code: np.ndarray, out: np.ndarray) -> tuple[np
     idx = out
     for i in range(n):
         idx[i] = i
-    other_idx = np.empty_like(out)
-    k = keys.copy()
-    other_k = np.empty_like(keys)
+        k[i] = keys[i]
     # The codes in sorted order come from the last (code) pass; one code throughout skips it.
-    sorted_code = np.full(n, code[0] if n else 0, code.dtype)
+    sorted_code[:] = code[0] if n else 0
     swapped = False
     for p in range(key_passes + 1):
         buckets = (1 << 16) if p == key_passes else (1 << RADIX_BITS)
@@ -303,14 +311,14 @@ SUM, MAX, MIN = 0, 1, 2
 
 
 @numba.njit(nogil=True, cache=True)
-def running(values: np.ndarray, cust: np.ndarray, how: int, identity: float | int) -> np.ndarray:
+def running(values: np.ndarray, cust: np.ndarray, how: int, identity: float | int, out: np.ndarray) -> np.ndarray:
     """Per-customer running sum / max / min of `values` over rows sorted by customer.
 
     Each customer starts from `identity` (0, or the fill that marks "no value yet") and combines
     its rows in order exactly as pandas' grouped cumsum (compensated sum)/cummax/cummin do (a NaN
     stays at its row and is skipped by the total), without their group codes and frame copies.
+    Written into `out` (same type as `values`).
     """
-    out = np.empty_like(values)
     start = values.dtype.type(identity)
     acc = start
     comp = values.dtype.type(0)  # Kahan compensation of a float sum, as pandas' group_cumsum keeps
@@ -336,6 +344,159 @@ def running(values: np.ndarray, cust: np.ndarray, how: int, identity: float | in
     return out
 
 
+# ---------------------------------------------------------------- order events from sorted lines
+
+DAY_MICROS = 86_400_000_000
+_FNV_OFFSET = np.uint64(14695981039346656037)
+_FNV_PRIME = np.uint64(1099511628211)
+# Up to this many events of one customer, order starts are found by comparing each with the earlier
+# ones; above it, by sorting them by hash (a customer with thousands of orders stays n log n).
+_FEW_EVENTS = 16
+
+
+@numba.njit(nogil=True, cache=True)
+def _hash(offsets: np.ndarray, data: np.ndarray, i: int) -> np.uint64:
+    """64-bit FNV-1a hash of string i of an Arrow string array (`offsets`, `data` buffers)."""
+    h = _FNV_OFFSET
+    for k in range(offsets[i], offsets[i + 1]):
+        h = (h ^ np.uint64(data[k])) * _FNV_PRIME
+    return h
+
+
+@numba.njit(nogil=True, cache=True)
+def _same(offsets: np.ndarray, data: np.ndarray, i: int, j: int) -> bool:
+    """Whether strings i and j of an Arrow string array are equal."""
+    a, b = offsets[i], offsets[j]
+    size = offsets[i + 1] - a
+    if offsets[j + 1] - b != size:
+        return False
+    for k in range(size):  # noqa: SIM110 (a loop numba compiles; not a generator in all())
+        if data[a + k] != data[b + k]:
+            return False
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _less(offsets: np.ndarray, data: np.ndarray, i: int, j: int) -> bool:
+    """Whether string i sorts before string j (bytewise, as the engine orders VARCHAR)."""
+    a, b = offsets[i], offsets[j]
+    size_i, size_j = offsets[i + 1] - a, offsets[j + 1] - b
+    for k in range(min(size_i, size_j)):
+        if data[a + k] != data[b + k]:
+            return data[a + k] < data[b + k]
+    return size_i < size_j
+
+
+@numba.njit(nogil=True, cache=True)
+def _order_starts(
+    offsets: np.ndarray, data: np.ndarray, line: np.ndarray, first: int, end: int, out: np.ndarray
+) -> None:
+    """Set `out` to 1 for each of events [first, end) (one customer's, in time order) that is the
+    first of its order (no earlier event of the customer has its order id), else 0."""
+    if end - first <= _FEW_EVENTS:
+        for e in range(first, end):
+            out[e] = 1
+            for q in range(first, e):
+                if _same(offsets, data, line[q], line[e]):
+                    out[e] = 0
+                    break
+        return
+    h = np.empty(end - first, np.uint64)
+    for e in range(first, end):
+        h[e - first] = _hash(offsets, data, line[e])
+    order = np.argsort(h, kind="mergesort")  # stable: the events of one hash stay in time order
+    s = 0
+    while s < len(order):
+        t = s + 1
+        while t < len(order) and h[order[t]] == h[order[s]]:
+            t += 1
+        for x in range(s, t):  # equal hashes: equal ids, but for a collision, which this tells apart
+            ex = first + order[x]
+            out[ex] = 1
+            for y in range(s, x):
+                if _same(offsets, data, line[first + order[y]], line[ex]):
+                    out[ex] = 0
+                    break
+        s = t
+
+
+@numba.njit(nogil=True, cache=True)
+def order_events(
+    cust: np.ndarray,
+    micros: np.ndarray,
+    offsets: np.ndarray,
+    data: np.ndarray,
+    amount: np.ndarray,
+    quantity: np.ndarray,
+    line: np.ndarray,
+    customer: np.ndarray,
+    revenue: np.ndarray,
+    lines: np.ndarray,
+    units: np.ndarray,
+    order_start: np.ndarray,
+    new_day: np.ndarray,
+    first_day: np.ndarray,
+    gap: np.ndarray,
+) -> int:
+    """The order events grain (`custops.features.engine.order_events`) from purchase lines sorted by
+    (customer, time), in one pass: no hash table over all lines, no sort, no window.
+
+    Lines: customer key, timestamp (µs), order id (Arrow string buffers), amount and quantity (no
+    NULLs). An event is the lines of one (customer, order, timestamp); they are adjacent but for
+    other orders' lines at the same timestamp. Writes, per event in (customer, time, order id) order
+    (the grain's window order): its first line, customer, revenue, lines, quantity, the flags
+    order_start, new_day and first_day, and the gap in days from the previous purchase day (NaN
+    where there is none), into the arrays after `quantity` (a slot per line); returns the number
+    of events.
+    """
+    n = len(cust)
+    m = 0
+    a = 0
+    while a < n:
+        b = a + 1
+        while b < n and cust[b] == cust[a]:
+            b += 1
+        first = m
+        i = a
+        while i < b:  # lines of one timestamp: an event per distinct order among them
+            j = i + 1
+            while j < b and micros[j] == micros[i]:
+                j += 1
+            block = m
+            for r in range(i, j):
+                e = block
+                while e < m and not _same(offsets, data, line[e], r):
+                    e += 1
+                if e == m:
+                    line[m], customer[m], revenue[m], lines[m], units[m] = r, cust[a], 0.0, 0, 0.0
+                    m += 1
+                revenue[e] += amount[r]
+                lines[e] += 1
+                units[e] += quantity[r]
+            # Events of one instant in order id order, as the grain's window orders them (an
+            # insertion sort: there is rarely more than one).
+            for e in range(block + 1, m):
+                q = e
+                while q > block and _less(offsets, data, line[q], line[q - 1]):
+                    line[q], line[q - 1] = line[q - 1], line[q]
+                    revenue[q], revenue[q - 1] = revenue[q - 1], revenue[q]
+                    lines[q], lines[q - 1] = lines[q - 1], lines[q]
+                    units[q], units[q - 1] = units[q - 1], units[q]
+                    q -= 1
+            i = j
+        day0 = micros[line[first]] // DAY_MICROS
+        before = day0
+        for e in range(first, m):
+            day = micros[line[e]] // DAY_MICROS
+            new_day[e] = e == first or day != before
+            gap[e] = float(day - before) if e > first and day != before else np.nan
+            first_day[e] = day == day0
+            before = day
+        _order_starts(offsets, data, line, first, m, order_start)
+        a = b
+    return m
+
+
 def warm_up() -> None:
     """Load (or compile) every specialisation the prefix plan calls, on tiny arrays.
 
@@ -344,7 +505,7 @@ def warm_up() -> None:
     """
     i64, i32, f64 = np.zeros(2, np.int64), np.zeros(2, np.int32), np.zeros(2, np.float64)
     for values, identity in ((i64, 0), (i64, np.iinfo(np.int64).min), (f64, 0), (f64, -np.inf)):
-        running(values, i64, SUM, identity)
+        running(values, i64, SUM, identity, np.empty_like(values))
     running_count(np.zeros(2, np.bool_), i64, i32)
     running_count_bit(np.zeros(2, np.int32), 0, i64, i32)
     for seconds in (i32, i64):
@@ -357,8 +518,13 @@ def warm_up() -> None:
     rank_keys_float(f64, no, i64, True, False, u64, u16)
     rank_keys_int(i64, no, i64, True, False, u64, u16)
     for index in (i32, i64):
-        radix_order(np.array([2, 1], np.uint64), u16, index)
+        keys = np.array([2, 1], np.uint64)
+        radix_order(keys, u16, index, np.empty_like(index), np.empty_like(keys), np.empty_like(keys), u16.copy())
         rank_sorted(index, u64, u16, np.full(2, 2, np.int64), True, np.zeros(2))
     for total, out in ((i32, i64), (i64, i64), (f64, f64)):
         for index in (i32, i64):
             window_total(total, index, index, index, out)
+    i8 = np.zeros(2, np.int8)
+    order_events(
+        i64, i64, np.zeros(3, np.int64), np.zeros(0, np.uint8), f64, f64, i64, i64, f64, i64, f64, i8, i8, i8, f64
+    )

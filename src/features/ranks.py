@@ -130,7 +130,17 @@ def _sort(window: RankWindow, keys: Sequence[pa.ChunkedArray | pa.Array], part: 
         else:
             kernels.rank_keys_int(values.astype(np.int64, copy=False), null, part, ascending, nulls_first, bits, code)
         index = np.int32 if n < 2**31 else np.int64
-        order, sorted_bits, sorted_code = kernels.radix_order(bits, code, np.empty(n, index))
+        # Work arrays from numpy, which asks for transparent huge pages (first touch of numba's
+        # own allocations, in 4 kB pages, cost several times more).
+        order, sorted_bits, sorted_code = kernels.radix_order(
+            bits,
+            code,
+            np.empty(n, index),
+            np.empty(n, index),
+            np.empty_like(bits),
+            np.empty_like(bits),
+            np.empty_like(code),
+        )
         return _Sorted(order, True, value=sorted_bits, code=sorted_code)
     order_keys = [_order_key(keys[i], asc, nulls_first) for i, asc, nulls_first in window.orders]
     # np.lexsort sorts by its last key first: partition, then each order key (class, then value).

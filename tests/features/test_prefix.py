@@ -243,16 +243,20 @@ def test_running_kernel_matches_pandas_grouped_cumulatives() -> None:
         (kernels.MAX, "cummax", -np.inf),
         (kernels.MIN, "cummin", np.inf),
     ):
-        got = kernels.running(values, cust, how, identity)
+        got = kernels.running(values, cust, how, identity, np.empty_like(values))
         want = getattr(pd.Series(values).groupby(cust), name)().to_numpy()
         assert np.array_equal(got, want, equal_nan=True), name
     stamps = rng.integers(-(10**15), 10**15, 5_000)
     lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    assert np.array_equal(kernels.running(stamps, cust, kernels.MAX, lo), pd.Series(stamps).groupby(cust).cummax())
-    assert np.array_equal(kernels.running(stamps, cust, kernels.MIN, hi), pd.Series(stamps).groupby(cust).cummin())
+    assert np.array_equal(
+        kernels.running(stamps, cust, kernels.MAX, lo, np.empty_like(stamps)), pd.Series(stamps).groupby(cust).cummax()
+    )
+    assert np.array_equal(
+        kernels.running(stamps, cust, kernels.MIN, hi, np.empty_like(stamps)), pd.Series(stamps).groupby(cust).cummin()
+    )
     # a customer's first row starts afresh: no carry-over from the previous customer
     first = np.flatnonzero(np.r_[True, cust[1:] != cust[:-1]])
-    sums = kernels.running(values, cust, kernels.SUM, 0)
+    sums = kernels.running(values, cust, kernels.SUM, 0, np.empty_like(values))
     assert np.array_equal(sums[first], values[first], equal_nan=True)
     # counts of true flags (one byte a row) into int32: pandas' grouped cumsum of the flags
     flags = rng.random(5_000) < 0.3

@@ -138,7 +138,15 @@ def test_radix_order_is_a_stable_sort_by_code_then_key(keys: list[int], codes: i
     k = np.array(keys, np.uint64)
     code = (np.arange(len(k)) % codes * 1000).astype(np.uint16)
     before = k.copy(), code.copy()
-    got, sorted_keys, sorted_code = kernels.radix_order(k, code, np.empty(len(k), np.int32))
+    got, sorted_keys, sorted_code = kernels.radix_order(
+        k,
+        code,
+        np.empty(len(k), np.int32),
+        np.empty(len(k), np.int32),
+        np.empty_like(k),
+        np.empty_like(k),
+        np.empty_like(code),
+    )
     np.testing.assert_array_equal(got, np.lexsort([k, code]))  # lexsort is stable: ties keep row order
     np.testing.assert_array_equal(sorted_keys, k[got])  # the keys and codes come along in that order
     np.testing.assert_array_equal(sorted_code, code[got])

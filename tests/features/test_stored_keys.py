@@ -112,9 +112,17 @@ def test_grains_in_ingest_order_are_not_sorted_again_and_any_other_order_is(
     monkeypatch.setattr(
         prefix,
         "_running",
-        lambda plan, con, presorted=False: calls.append((plan.source, presorted)) or real(plan, con, presorted),
+        lambda plan, con, presorted=False, **kw: (
+            calls.append((plan.source, presorted)) or real(plan, con, presorted, **kw)
+        ),
+    )
+    native: list[bool] = []  # order events: computed from the sorted lines, or left to SQL
+    real_native = engine.sorted_order_events
+    monkeypatch.setattr(
+        engine, "sorted_order_events", lambda *a: native.append((out := real_native(*a)) is not None) or out
     )
     sorted_build = build_snapshot(ingested, OfflineStore(tmp_path / "sorted"), fs, batch_rows=700)
+    assert native == [True]  # once: the running totals serve every batch
     skipped = {source for source, presorted in calls if presorted}
     # projections and filters of the events; aggregated grains (orders, first purchases, days) are sorted
     assert skipped == {"interaction_events", "refund_events", "category_lines"}
@@ -125,6 +133,7 @@ def test_grains_in_ingest_order_are_not_sorted_again_and_any_other_order_is(
     assert keys_from_one_ingest(validated_files(shuffled))
     with caplog.at_level("WARNING", logger="custops.features.prefix"):
         rebuilt = build_snapshot(shuffled, OfflineStore(tmp_path / "shuffled-store"), fs, batch_rows=700)
+    assert native == [True, False]  # the shuffled lines: the SQL grain, which sorts
     warned = {r.getMessage().split(":")[0] for r in caplog.records if "not in (customer, time) order" in r.getMessage()}
     assert warned == skipped  # each presorted grain was checked, found out of order and sorted
     assert ("interaction_events", False) in calls  # ... by the sorting path
