@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from custops.data.schema import CUSTOMER_KEY
 from custops.errors import ConfigError
-from custops.features import prefix, ranks
+from custops.features import native, prefix, ranks
 from custops.features.definitions import Feature, FeatureRegistry, FeatureView, days_between
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _purchases(tx: ir.Table) -> ir.Table:
 def order_events(tx: ir.Table) -> ir.Table:
     """Purchases per (customer, order, timestamp) with order-start, new-day, first-day and day-gap columns.
 
-    Over events ingest sorted, `sorted_order_events` computes the same rows in one pass.
+    Over events ingest sorted, `custops.features.native.order_events` computes the same rows in one pass.
     """
     purchases = _purchases(tx)
     ev = purchases.group_by(["customer_id", "order_id", "timestamp"]).aggregate(
@@ -77,71 +77,6 @@ def order_events(tx: ir.Table) -> ir.Table:
         first_day=(day == first_day).cast("int64"),
         gap_days=ibis.ifelse(new_day & ev.prev_ts.notnull(), days_between(day, prev_day), ibis.null("float64")),
     ).drop("prev_ts", "first_ts")
-
-
-def sorted_order_events(tx: ir.Table, con: Any) -> pa.Table | None:
-    """The `order_events` grain, from purchase lines in ingest's (customer_key, timestamp) order, in
-    (customer, timestamp) order; None when the lines are not in that order or have a NULL.
-
-    The engine only filters and projects the lines (a scan, in file order); one kernel pass then
-    groups each customer's lines into events and reads the order starts, day changes and gaps off
-    their sequence (`custops.features.kernels.order_events`). In SQL, the same grain is a hash
-    aggregate of the lines, two window sorts of the events and a final sort: at 20M events 7.6 s
-    of CPU (3.4 s wall on 2 cores), of which the scan is 0.8 s.
-    """
-    from custops.features import kernels  # numba: imported only by builds that need it
-
-    lines = con.to_pyarrow(_purchases(tx).select("customer_id", "timestamp", "order_id", "amount", "quantity"))
-    if any(lines[c].null_count for c in lines.column_names):
-        return None
-    cust = lines["customer_id"].to_numpy().astype(np.int64, copy=False)
-    micros = lines["timestamp"].cast(pa.int64()).to_numpy()
-    if not kernels.in_customer_order(cust, micros):
-        return None
-    orders = lines["order_id"].combine_chunks().cast(pa.large_string())
-    _, offsets, data = orders.buffers()
-    offsets = np.frombuffer(offsets, np.int64)[orders.offset : orders.offset + len(orders) + 1]
-    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-    amount = lines["amount"].to_numpy().astype(np.float64, copy=False)
-    quantity = lines["quantity"].to_numpy().astype(np.float64, copy=False)
-    n = len(cust)
-    # Output arrays from numpy, which asks for transparent huge pages: numba's own allocations are
-    # touched first in 4 kB pages, which cost several times more here.
-    line, customer, count = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
-    revenue, units, gap = np.empty(n), np.empty(n), np.empty(n)
-    start, new_day, first_day = np.empty(n, np.int8), np.empty(n, np.int8), np.empty(n, np.int8)
-    m = kernels.order_events(
-        cust,
-        micros,
-        offsets,
-        data,
-        amount,
-        quantity,
-        line,
-        customer,
-        revenue,
-        count,
-        units,
-        start,
-        new_day,
-        first_day,
-        gap,
-    )
-    take = pa.array(line[:m])
-    return pa.table(
-        {
-            "customer_id": customer[:m],
-            "order_id": orders.take(take),
-            "timestamp": lines["timestamp"].take(take),
-            "revenue": revenue[:m],
-            "lines": count[:m],
-            "quantity": units[:m],
-            "order_start": start[:m].astype(np.int64),
-            "new_day": new_day[:m].astype(np.int64),
-            "first_day": first_day[:m].astype(np.int64),
-            "gap_days": pa.array(gap[:m], mask=np.isnan(gap[:m])),
-        }
-    )
 
 
 def refund_events(tx: ir.Table) -> ir.Table:
@@ -351,10 +286,11 @@ def build_expression(
             prefix.warm_kernels()  # while the engine reads (joins, copies) the events: it holds no GIL
         if shared.get("stored_keys"):
             shared["keyed"] = _stored_keys(tables)  # ingest's keys (`custops.features.builder.keys_from_one_ingest`)
-            if physical == "prefix" and "transactions" in tables:
-                # Grains computed in one pass over the events ingest sorted, not in SQL.
-                tx = shared["keyed"][0]["transactions"]
-                shared["native_grains"] = {"order_events": functools.partial(sorted_order_events, tx)}
+            if physical == "prefix":
+                # Grains computed in one pass over the events as ingest sorted them, not in SQL.
+                keyed = shared["keyed"][0]
+                tx, ix = keyed.get("transactions"), keyed.get("interactions")
+                shared["native_sources"] = (_purchases(tx) if tx is not None else None, ix)
         else:
             keyed, ids = _integer_keys(tables, materialize)
             if physical == "prefix":
@@ -690,10 +626,7 @@ def _attach_prefix_features(
     plans: dict[str, prefix.GrainPlan] = {}
     left: list[_Group] = []
     for group in groups:
-        if group.source not in plans:
-            native = shared.get("native_grains", {}).get(group.source)
-            plans[group.source] = prefix.GrainPlan(group.source, prefix.template(grains[group.source]), native=native)
-        gp = plans[group.source]
+        gp = plans.setdefault(group.source, prefix.GrainPlan(group.source, prefix.template(grains[group.source])))
         rest = {v.name: prefix.plan_view_features(gp, v, group.direction, group.reach_days) for v in group.views}
         views = prefix.split_views(group.views, rest)
         if views:
@@ -701,6 +634,10 @@ def _attach_prefix_features(
     used = [p for p in plans.values() if p.features]
     if not used:
         return t, groups, None
+    if "native_sources" in shared and "running_totals" not in shared:
+        natives = native.grains(*shared["native_sources"], [p.source for p in used])
+        for p in used:
+            p.native = natives.get(p.source)
     after: dict[str, Callable[[], None]] = {}
     if not left:
         # Grains grouped by source table, each table's cached copy released after its last grain:

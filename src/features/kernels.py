@@ -349,9 +349,9 @@ def running(values: np.ndarray, cust: np.ndarray, how: int, identity: float | in
 DAY_MICROS = 86_400_000_000
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
-# Up to this many events of one customer, order starts are found by comparing each with the earlier
-# ones; above it, by sorting them by hash (a customer with thousands of orders stays n log n).
-_FEW_EVENTS = 16
+# Up to this many rows of one customer, repeated strings are found by comparing each row with the
+# earlier ones; above it, with a hash set (a customer with thousands of orders stays linear).
+_FEW_EVENTS = 8
 
 
 @numba.njit(nogil=True, cache=True)
@@ -388,36 +388,66 @@ def _less(offsets: np.ndarray, data: np.ndarray, i: int, j: int) -> bool:
 
 
 @numba.njit(nogil=True, cache=True)
-def _order_starts(
-    offsets: np.ndarray, data: np.ndarray, line: np.ndarray, first: int, end: int, out: np.ndarray
+def _firsts(
+    offsets: np.ndarray,
+    data: np.ndarray,
+    valid: np.ndarray,
+    index: np.ndarray,
+    first: int,
+    end: int,
+    out: np.ndarray,
+    table: np.ndarray,
+    touched: np.ndarray,
 ) -> None:
-    """Set `out` to 1 for each of events [first, end) (one customer's, in time order) that is the
-    first of its order (no earlier event of the customer has its order id), else 0."""
+    """For positions [first, end) (one customer's, in time order) naming strings `index[p]`: set
+    `out[p]` to 1 where the string is valid and no earlier position's string equals it, else 0.
+
+    A few positions are compared pairwise; more go through `table`, an open-addressing set of
+    string rows (-1: empty) with a power-of-two size at least twice the positions, which is left
+    empty again (`touched`: work space for the slots used).
+    """
     if end - first <= _FEW_EVENTS:
         for e in range(first, end):
-            out[e] = 1
-            for q in range(first, e):
-                if _same(offsets, data, line[q], line[e]):
-                    out[e] = 0
-                    break
+            out[e] = valid[index[e]]
+            if out[e]:
+                for q in range(first, e):
+                    if valid[index[q]] and _same(offsets, data, index[q], index[e]):
+                        out[e] = 0
+                        break
         return
-    h = np.empty(end - first, np.uint64)
+    mask = np.uint64(len(table) - 1)
+    used = 0
     for e in range(first, end):
-        h[e - first] = _hash(offsets, data, line[e])
-    order = np.argsort(h, kind="mergesort")  # stable: the events of one hash stay in time order
-    s = 0
-    while s < len(order):
-        t = s + 1
-        while t < len(order) and h[order[t]] == h[order[s]]:
-            t += 1
-        for x in range(s, t):  # equal hashes: equal ids, but for a collision, which this tells apart
-            ex = first + order[x]
-            out[ex] = 1
-            for y in range(s, x):
-                if _same(offsets, data, line[first + order[y]], line[ex]):
-                    out[ex] = 0
-                    break
-        s = t
+        r = index[e]
+        out[e] = valid[r]
+        if not out[e]:
+            continue
+        slot = np.int64(_hash(offsets, data, r) & mask)
+        while table[slot] >= 0:
+            if _same(offsets, data, table[slot], r):
+                out[e] = 0
+                break
+            slot = np.int64(np.uint64(slot + 1) & mask)
+        if out[e]:
+            table[slot] = r
+            touched[used] = slot
+            used += 1
+    for i in range(used):
+        table[touched[i]] = -1
+
+
+@numba.njit(nogil=True, cache=True)
+def _string_set(cust: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Empty work space for `_firsts` over rows grouped by customer: a table twice the largest
+    customer's rows (rounded up to a power of two), and room for its slots."""
+    most, run = 1, 1
+    for i in range(1, len(cust)):
+        run = run + 1 if cust[i] == cust[i - 1] else 1
+        most = max(most, run)
+    size = 1
+    while size < 2 * most:
+        size *= 2
+    return np.full(size, -1, np.int64), np.empty(most, np.int64)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -426,6 +456,7 @@ def order_events(
     micros: np.ndarray,
     offsets: np.ndarray,
     data: np.ndarray,
+    valid: np.ndarray,
     amount: np.ndarray,
     quantity: np.ndarray,
     line: np.ndarray,
@@ -441,8 +472,8 @@ def order_events(
     """The order events grain (`custops.features.engine.order_events`) from purchase lines sorted by
     (customer, time), in one pass: no hash table over all lines, no sort, no window.
 
-    Lines: customer key, timestamp (µs), order id (Arrow string buffers), amount and quantity (no
-    NULLs). An event is the lines of one (customer, order, timestamp); they are adjacent but for
+    Lines: customer key, timestamp (µs), order id (Arrow string buffers; `valid` all true), amount
+    and quantity (no NULLs). An event is the lines of one (customer, order, timestamp); they are adjacent but for
     other orders' lines at the same timestamp. Writes, per event in (customer, time, order id) order
     (the grain's window order): its first line, customer, revenue, lines, quantity, the flags
     order_start, new_day and first_day, and the gap in days from the previous purchase day (NaN
@@ -450,6 +481,7 @@ def order_events(
     of events.
     """
     n = len(cust)
+    table, touched = _string_set(cust)
     m = 0
     a = 0
     while a < n:
@@ -492,9 +524,66 @@ def order_events(
             gap[e] = float(day - before) if e > first and day != before else np.nan
             first_day[e] = day == day0
             before = day
-        _order_starts(offsets, data, line, first, m, order_start)
+        _firsts(offsets, data, valid, line, first, m, order_start, table, touched)
         a = b
     return m
+
+
+@numba.njit(nogil=True, cache=True)
+def first_purchases(
+    cust: np.ndarray, product: np.ndarray, category: np.ndarray, line: np.ndarray, kind: np.ndarray
+) -> int:
+    """The first purchases grain (`custops.features.engine.first_purchases`) from purchase lines
+    sorted by (customer, time): per customer, the first line of each product and of each category.
+    `product` and `category` are dictionary codes (-1: NULL, skipped). Writes each row's line and
+    kind (0 product, 1 category; the product first on a line with both) into `line` and `kind`, in
+    (customer, time) order; returns the number of rows.
+    """
+    # The last customer seen with each code: a code is new for a customer when it was last seen with
+    # another (rows come customer by customer).
+    seen_product = np.full(max(product.max(), 0) + 1 if len(product) else 1, -1, np.int64)
+    seen_category = np.full(max(category.max(), 0) + 1 if len(category) else 1, -1, np.int64)
+    m = 0
+    for r in range(len(cust)):
+        c = cust[r]
+        p = product[r]
+        if p >= 0 and seen_product[p] != c:
+            seen_product[p] = c
+            line[m], kind[m] = r, 0
+            m += 1
+        g = category[r]
+        if g >= 0 and seen_category[g] != c:
+            seen_category[g] = c
+            line[m], kind[m] = r, 1
+            m += 1
+    return m
+
+
+@numba.njit(nogil=True, cache=True)
+def activity_days(
+    cust: np.ndarray,
+    micros: np.ndarray,
+    login: np.ndarray,
+    customer: np.ndarray,
+    day: np.ndarray,
+    last: np.ndarray,
+    last_login: np.ndarray,
+) -> int:
+    """The activity days grain (`custops.features.engine.activity_days`) from interactions sorted
+    by (customer, time): per (customer, day), the day's start, its last interaction and its last
+    login (µs; the int64 minimum where the day has none). Returns the number of days.
+    """
+    none = np.iinfo(np.int64).min
+    m = -1
+    for i in range(len(cust)):
+        start = (micros[i] // DAY_MICROS) * DAY_MICROS
+        if m < 0 or cust[i] != customer[m] or start != day[m]:
+            m += 1
+            customer[m], day[m], last_login[m] = cust[i], start, none
+        last[m] = micros[i]  # rows in time order: the day's last so far
+        if login[i]:
+            last_login[m] = micros[i]
+    return m + 1
 
 
 def warm_up() -> None:
@@ -524,7 +613,9 @@ def warm_up() -> None:
     for total, out in ((i32, i64), (i64, i64), (f64, f64)):
         for index in (i32, i64):
             window_total(total, index, index, index, out)
-    i8 = np.zeros(2, np.int8)
-    order_events(
-        i64, i64, np.zeros(3, np.int64), np.zeros(0, np.uint8), f64, f64, i64, i64, f64, i64, f64, i8, i8, i8, f64
-    )
+    # The grain kernels write: each output its own array, as large as the kernel may fill.
+    offsets, data = np.zeros(3, np.int64), np.zeros(0, np.uint8)
+    out = [np.empty(4, t) for t in (np.int64, np.int64, np.float64, np.int64, np.float64, np.int8, np.int8, np.int8)]
+    order_events(i64, i64, offsets, data, np.ones(2, np.bool_), f64, f64, *out, np.empty(4))
+    first_purchases(i64, i32, i32, np.empty(4, np.int64), np.empty(4, np.int8))
+    activity_days(i64, i64, no, *(np.empty(4, np.int64) for _ in range(4)))

@@ -108,7 +108,7 @@ class GrainPlan:
     features: list[PrefixFeature] = field(default_factory=list)
     measures: dict[Measure, str] = field(default_factory=dict)
     # The grain's rows computed outside the engine's SQL, in (customer, timestamp) order, or None
-    # where it cannot (e.g. `custops.features.engine.sorted_order_events`).
+    # where it cannot (`custops.features.native`).
     native: Callable[[Any], pa.Table | None] | None = None
 
     def measure_name(self, m: Measure) -> str:

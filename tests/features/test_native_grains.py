@@ -5,67 +5,97 @@ from __future__ import annotations
 import ibis
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
-from custops.features import engine
+from custops.features import engine, native
 
-DAY = pd.Timedelta(days=1)
+SOURCES = ("order_events", "first_purchases", "activity_days")
+START = pd.Timestamp("2023-12-30 22:00")
+
+
+def _instants(rng: np.random.Generator, k: int) -> pd.DatetimeIndex:
+    """Few distinct instants 20 minutes apart over six days: many ties, several per day, midnights."""
+    return START + pd.to_timedelta(np.sort(rng.integers(0, 6 * 24 * 3, size=max(1, k // 2))) * 20, unit="min")
 
 
 def _lines(rng: np.random.Generator, n_customers: int, per_customer: int) -> pd.DataFrame:
-    """Purchase and refund lines, sorted by (customer, time) as ingest writes them: timestamps with
-    many ties (several orders at one instant, lines of an order at several instants and days), order
-    ids reused within a customer, and customers with few and with many events."""
-    start = pd.Timestamp("2023-12-30 22:00")
+    """Purchase and refund lines sorted by (customer, time) as ingest writes them: several orders at
+    one instant, an order's lines at several instants and days, order ids, products and categories
+    reused within a customer (products and categories sometimes NULL), customers with few lines and
+    with many."""
     rows = []
     for c in range(n_customers):
         k = int(rng.integers(1, per_customer * (4 if c % 3 == 0 else 1) + 1))
-        instants = start + pd.to_timedelta(np.sort(rng.integers(0, 6 * 24 * 3, size=max(1, k // 2))) * 20, unit="min")
+        instants = _instants(rng, k)
         for _ in range(k):
             rows.append(
                 {
                     "customer_id": c,
                     "timestamp": instants[int(rng.integers(0, len(instants)))],
                     "order_id": f"o{c}-{int(rng.integers(0, max(2, k // 3)))}",
+                    "product_id": None if rng.random() < 0.1 else f"p{int(rng.integers(0, 12))}",
+                    "category": None if rng.random() < 0.1 else ["toys", "home", "books"][int(rng.integers(0, 3))],
                     "amount": float(rng.integers(1, 5000)) / 100,
                     "quantity": float(rng.integers(1, 4)),
                     "status": "purchase" if rng.random() < 0.9 else "refund",
                 }
             )
-    frame = pd.DataFrame(rows)
-    return frame.sort_values(["customer_id", "timestamp"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["customer_id", "timestamp"], kind="stable").reset_index(drop=True)
 
 
-def _by_event(table: pa.Table) -> pd.DataFrame:
-    return table.to_pandas().sort_values(["customer_id", "timestamp", "order_id"]).reset_index(drop=True)
+def _interactions(rng: np.random.Generator, n_customers: int, per_customer: int) -> pd.DataFrame:
+    rows = []
+    for c in range(n_customers):
+        k = int(rng.integers(1, per_customer + 1))
+        instants = _instants(rng, k)
+        for _ in range(k):
+            kind = ["view", "login", "click", None][int(rng.integers(0, 4))]
+            rows.append(
+                {"customer_id": c, "timestamp": instants[int(rng.integers(0, len(instants)))], "event_type": kind}
+            )
+    return pd.DataFrame(rows).sort_values(["customer_id", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def _rows(table: object) -> pd.DataFrame:
+    frame = table.to_pandas()
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sorted_order_events_equal_the_sql_grain(seed: int) -> None:
+def test_native_grains_equal_the_sql_grains(seed: int) -> None:
+    rng = np.random.default_rng(seed)
     con = ibis.duckdb.connect()
-    tx = con.create_table("tx", _lines(np.random.default_rng(seed), n_customers=60, per_customer=30))
-    native = engine.sorted_order_events(tx, con)
-    assert native is not None
-    sql = engine.order_events(tx).to_pyarrow()
-    assert native.schema.names == sql.schema.names
-    a, b = _by_event(native), _by_event(sql)
-    assert len(a) == len(b) > 500
-    # the cases the kernel has to tell apart were generated
-    assert (b.groupby(["customer_id", "timestamp"]).size() > 1).any()  # several orders at one instant
-    assert (b.groupby(["customer_id", "order_id"]).size() > 1).any()  # an order at several instants
-    assert (b.groupby("customer_id").size() > 16).any()  # customers whose order starts are sorted by hash
-    for col in a.columns:
-        if pd.api.types.is_float_dtype(b[col]):
-            assert a[col].isna().equals(b[col].isna()), col
-            assert np.allclose(a[col].fillna(0), b[col].fillna(0), rtol=1e-12), col
-        else:
-            assert a[col].equals(b[col]), col
+    tx = con.create_table("tx", _lines(rng, n_customers=60, per_customer=30))
+    ix = con.create_table("ix", _interactions(rng, n_customers=60, per_customer=40))
+    builders = native.grains(engine._purchases(tx), ix, SOURCES)
+    assert set(builders) == set(SOURCES)
+    for source in SOURCES:
+        got = builders[source](con)
+        assert got is not None, source
+        want = engine.GRAINS[source][1](ix if source == "activity_days" else tx).to_pyarrow()
+        assert got.schema.names == want.schema.names, source
+        a, b = _rows(got), _rows(want)
+        assert len(a) == len(b) > 200, source
+        for col in a.columns:
+            if pd.api.types.is_float_dtype(b[col]):
+                assert a[col].isna().equals(b[col].isna()), (source, col)
+                assert np.allclose(a[col].fillna(0), b[col].fillna(0), rtol=1e-12), (source, col)
+            else:
+                assert a[col].equals(b[col]), (source, col)
+        if source == "order_events":  # the cases the kernel has to tell apart were generated
+            assert (b.groupby(["customer_id", "timestamp"]).size() > 1).any()  # orders sharing an instant
+            assert (b.groupby(["customer_id", "order_id"]).size() > 1).any()  # an order at several instants
+            assert (b.groupby("customer_id").size() > 16).any()  # order starts found by sorting hashes
+        if source == "activity_days":
+            assert b["last_login_ts"].isna().any() and b["last_login_ts"].notna().any()
 
 
-def test_sorted_order_events_leave_lines_out_of_order_to_sql() -> None:
+def test_native_grains_leave_events_out_of_order_to_sql() -> None:
+    rng = np.random.default_rng(5)
     con = ibis.duckdb.connect()
-    lines = _lines(np.random.default_rng(5), n_customers=5, per_customer=10)
-    shuffled = lines.sample(frac=1.0, random_state=1).reset_index(drop=True)
-    assert engine.sorted_order_events(con.create_table("sorted", lines), con) is not None
-    assert engine.sorted_order_events(con.create_table("shuffled", shuffled), con) is None
+    lines = _lines(rng, n_customers=5, per_customer=10)
+    shuffled = con.create_table("shuffled", lines.sample(frac=1.0, random_state=1).reset_index(drop=True))
+    for tx, built in ((con.create_table("sorted", lines), True), (shuffled, False)):
+        builders = native.grains(engine._purchases(tx), None, SOURCES)
+        assert set(builders) == {"order_events", "first_purchases"}  # no interactions: no activity days
+        assert [(builders[s](con) is not None) for s in builders] == [built, built]

@@ -13,7 +13,7 @@ import pytest
 from custops.data.ingest import ingest
 from custops.data.schema import CUSTOMER_KEY, INGEST_RUN_METADATA
 from custops.data.synthetic import SyntheticConfig, generate
-from custops.features import engine
+from custops.features import engine, native
 from custops.features.builder import build_snapshot, keys_from_one_ingest, validated_files
 from custops.features.store import OfflineStore
 from custops.settings import FeatureSettings, Settings
@@ -116,13 +116,19 @@ def test_grains_in_ingest_order_are_not_sorted_again_and_any_other_order_is(
             calls.append((plan.source, presorted)) or real(plan, con, presorted, **kw)
         ),
     )
-    native: list[bool] = []  # order events: computed from the sorted lines, or left to SQL
-    real_native = engine.sorted_order_events
-    monkeypatch.setattr(
-        engine, "sorted_order_events", lambda *a: native.append((out := real_native(*a)) is not None) or out
-    )
+    built: list[tuple[str, bool]] = []  # grains computed from the sorted events, or left to SQL
+    real_grains = native.grains
+
+    def grains(*args: object) -> dict[str, object]:
+        def record(source: str, make: object) -> object:
+            return lambda con: built.append((source, (out := make(con)) is not None)) or out
+
+        return {source: record(source, make) for source, make in real_grains(*args).items()}
+
+    monkeypatch.setattr(native, "grains", grains)
     sorted_build = build_snapshot(ingested, OfflineStore(tmp_path / "sorted"), fs, batch_rows=700)
-    assert native == [True]  # once: the running totals serve every batch
+    natives = {"order_events", "first_purchases", "activity_days"}
+    assert sorted(built) == sorted((s, True) for s in natives)  # once each: the totals serve every batch
     skipped = {source for source, presorted in calls if presorted}
     # projections and filters of the events; aggregated grains (orders, first purchases, days) are sorted
     assert skipped == {"interaction_events", "refund_events", "category_lines"}
@@ -133,7 +139,7 @@ def test_grains_in_ingest_order_are_not_sorted_again_and_any_other_order_is(
     assert keys_from_one_ingest(validated_files(shuffled))
     with caplog.at_level("WARNING", logger="custops.features.prefix"):
         rebuilt = build_snapshot(shuffled, OfflineStore(tmp_path / "shuffled-store"), fs, batch_rows=700)
-    assert native == [True, False]  # the shuffled lines: the SQL grain, which sorts
+    assert sorted(built[3:]) == sorted((s, False) for s in natives)  # shuffled: the SQL grains, which sort
     warned = {r.getMessage().split(":")[0] for r in caplog.records if "not in (customer, time) order" in r.getMessage()}
     assert warned == skipped  # each presorted grain was checked, found out of order and sorted
     assert ("interaction_events", False) in calls  # ... by the sorting path

@@ -1,0 +1,206 @@
+"""Grains computed from the events ingest sorted, one kernel pass each, instead of in SQL.
+
+Ingest writes the events sorted by (customer_key, timestamp) (`custops.data.ingest`). Over such
+rows, a grain that groups a customer's events (order events, first purchases, activity days) is a
+walk along each customer's rows: no hash table over all rows, no window sort, no final sort. The
+engine still reads the rows (a filtered projection: a scan, in file order) and still computes every
+measure of the grain from its declared expression, over the rows built here (`GrainPlan.native` in
+`custops.features.prefix`). The grains' Ibis definitions (`custops.features.engine`) stay the
+reference: the Spark engine and layers in any other order run them, and the tests check that both
+give the same rows.
+
+Measured at 20M events (2 cores), the SQL grains took: order events 3.4 s wall (7.6 s CPU: a hash
+aggregate of the lines, two window sorts, a final sort), first purchases 1.8 s, activity days
+1.2 s; scanning their columns takes 0.7 s for both purchase grains together and 0.2 s for the
+interactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ibis.expr.types as ir
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+NativeGrain = Callable[[Any], pa.Table | None]
+
+
+class SortedScan:
+    """The rows of an Ibis relation of events in ingest order, read once for the grains built from it.
+
+    `table(con)` runs the scan on the first call and returns the rows (None when they are not in
+    (customer, timestamp) order, e.g. a layer rewritten in another order); after `users` calls the
+    rows are let go.
+    """
+
+    def __init__(self, rows: ir.Table, users: int) -> None:
+        self._rows, self._users = rows, users
+        self._table: pa.Table | None = None
+        self._read = False
+
+    def table(self, con: Any) -> pa.Table | None:
+        from custops.features import kernels  # numba: imported only by builds that need it
+
+        if not self._read:
+            table = con.to_pyarrow(self._rows)
+            cust = _int64(table["customer_id"])
+            micros = _int64(table["timestamp"].cast(pa.int64()))
+            self._table = table if kernels.in_customer_order(cust, micros) else None
+            self._read = True
+        table = self._table
+        self._users -= 1
+        if self._users <= 0:
+            self._table = None
+        return table
+
+
+def grains(purchases: ir.Table | None, interactions: ir.Table | None, sources: Sequence[str]) -> dict[str, NativeGrain]:
+    """A native builder for each grain in `sources` that has one, over the keyed purchase lines
+    and interactions (both as ingest sorted them)."""
+    out: dict[str, NativeGrain] = {}
+    from_purchases = [s for s in sources if s in ("order_events", "first_purchases")]
+    if purchases is not None and from_purchases:
+        scan = SortedScan(
+            purchases.select("customer_id", "timestamp", "order_id", "amount", "quantity", "product_id", "category"),
+            users=len(from_purchases),
+        )
+        build = {"order_events": order_events, "first_purchases": first_purchases}
+        for source in from_purchases:
+            out[source] = lambda con, _scan=scan, _build=build[source]: _apply(_build, _scan.table(con))
+    if interactions is not None and "activity_days" in sources:
+        scan = SortedScan(
+            interactions.select("customer_id", "timestamp", login=interactions.event_type == "login"), users=1
+        )
+        out["activity_days"] = lambda con, _scan=scan: _apply(activity_days, _scan.table(con))
+    return out
+
+
+def _apply(build: Callable[[pa.Table], pa.Table | None], table: pa.Table | None) -> pa.Table | None:
+    return None if table is None else build(table)
+
+
+def _int64(values: pa.ChunkedArray) -> np.ndarray:
+    return values.to_numpy().astype(np.int64, copy=False)
+
+
+def _strings(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """A string column as one array and its (offsets as int64, bytes, validity) for the kernels."""
+    array = values.combine_chunks()
+    if pa.types.is_string_view(array.type):
+        array = array.cast(pa.string())
+    _, offsets, data = array.buffers()[:3]
+    width = np.int64 if pa.types.is_large_string(array.type) else np.int32
+    offsets = np.frombuffer(offsets, width)[array.offset : array.offset + len(array) + 1].astype(np.int64)
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    valid = np.ones(len(array), np.bool_) if not array.null_count else array.is_valid().to_numpy(zero_copy_only=False)
+    return array, offsets, data, valid
+
+
+# Output arrays are allocated here, by numpy, which asks for transparent huge pages: the kernels'
+# own allocations are touched first in 4 kB pages, several times more costly at these sizes.
+
+
+def order_events(lines: pa.Table) -> pa.Table | None:
+    """`custops.features.engine.order_events` from purchase lines in (customer, timestamp) order
+    (`custops.features.kernels.order_events`); None when an order id, amount or quantity is NULL
+    (ingest fills them; the SQL grain handles any)."""
+    from custops.features import kernels
+
+    if any(lines[c].null_count for c in ("order_id", "amount", "quantity")):
+        return None
+    cust = _int64(lines["customer_id"])
+    micros = _int64(lines["timestamp"].cast(pa.int64()))
+    orders, offsets, data, valid = _strings(lines["order_id"])
+    n = len(cust)
+    line, customer, count = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    revenue, units, gap = np.empty(n), np.empty(n), np.empty(n)
+    start, new_day, first_day = np.empty(n, np.int8), np.empty(n, np.int8), np.empty(n, np.int8)
+    m = kernels.order_events(
+        cust,
+        micros,
+        offsets,
+        data,
+        valid,
+        lines["amount"].to_numpy().astype(np.float64, copy=False),
+        lines["quantity"].to_numpy().astype(np.float64, copy=False),
+        line,
+        customer,
+        revenue,
+        count,
+        units,
+        start,
+        new_day,
+        first_day,
+        gap,
+    )
+    take = pa.array(line[:m])
+    return pa.table(
+        {
+            "customer_id": customer[:m],
+            "order_id": orders.take(take),
+            "timestamp": lines["timestamp"].take(take),
+            "revenue": revenue[:m],
+            "lines": count[:m],
+            "quantity": units[:m],
+            "order_start": start[:m].astype(np.int64),
+            "new_day": new_day[:m].astype(np.int64),
+            "first_day": first_day[:m].astype(np.int64),
+            "gap_days": pa.array(gap[:m], mask=np.isnan(gap[:m])),
+        }
+    )
+
+
+def first_purchases(lines: pa.Table) -> pa.Table:
+    """`custops.features.engine.first_purchases` from purchase lines in (customer, timestamp) order
+    (`custops.features.kernels.first_purchases`): (customer_id, timestamp, kind) in that order.
+
+    Products and categories are few next to lines: dictionary codes (Arrow's hash table) let the
+    kernel tell a customer's first of each from one array lookup per line.
+    """
+    from custops.features import kernels
+
+    cust = _int64(lines["customer_id"])
+    n = len(cust)
+    line, kind = np.empty(2 * n, np.int64), np.empty(2 * n, np.int8)
+    m = kernels.first_purchases(cust, _codes(lines["product_id"]), _codes(lines["category"]), line, kind)
+    take = pa.array(line[:m])
+    return pa.table(
+        {
+            "customer_id": cust[line[:m]],
+            "timestamp": lines["timestamp"].take(take),
+            "kind": pc.take(pa.array(["product", "category"]), pa.array(kind[:m])),
+        }
+    )
+
+
+def _codes(values: pa.ChunkedArray) -> np.ndarray:
+    """Dictionary codes of a column (one dictionary for all its chunks), -1 for NULL."""
+    encoded = pc.dictionary_encode(values)
+    indices = pa.chunked_array([c.indices for c in encoded.chunks], pa.int32())
+    return indices.fill_null(-1).to_numpy().astype(np.int32, copy=False)
+
+
+def activity_days(events: pa.Table) -> pa.Table:
+    """`custops.features.engine.activity_days` from interactions (customer_id, timestamp, login) in
+    (customer, timestamp) order (`custops.features.kernels.activity_days`)."""
+    from custops.features import kernels
+
+    cust = _int64(events["customer_id"])
+    micros = _int64(events["timestamp"].cast(pa.int64()))
+    login = events["login"].fill_null(False).to_numpy().astype(np.bool_, copy=False)
+    n = len(cust)
+    customer, day, last, last_login = (np.empty(n, np.int64) for _ in range(4))
+    m = kernels.activity_days(cust, micros, login, customer, day, last, last_login)
+    stamp = events.schema.field("timestamp").type
+    none = last_login[:m] == np.iinfo(np.int64).min
+    return pa.table(
+        {
+            "customer_id": customer[:m],
+            "timestamp": pa.array(day[:m]).cast(stamp),
+            "last_ts": pa.array(last[:m]).cast(stamp),
+            "last_login_ts": pa.array(last_login[:m], mask=none).cast(stamp),
+        }
+    )
