@@ -200,13 +200,18 @@ def _spine(customers: ir.Table, cut: ir.Table, observed_until: pd.Timestamp) -> 
     return spine.mutate(observed_until=ibis.literal(observed_until.to_pydatetime(), type="timestamp"))
 
 
-def _customers(tables: Mapping[str, ir.Table]) -> ir.Table:
-    """Every customer with profile columns and `exists_from` (signup or first activity, if earlier)."""
+def _customers(tables: Mapping[str, ir.Table], first_seen: ir.Table | None = None) -> ir.Table:
+    """Every customer with profile columns and `exists_from` (signup or first activity, if earlier).
+
+    `first_seen`: the (customer_id, first_seen_at) rows this defines, computed elsewhere
+    (`custops.features.native.first_seen`).
+    """
     tx, ix, cust = tables["transactions"], tables.get("interactions"), tables["customers"]
-    seen = tx.select("customer_id", "timestamp")
-    if ix is not None:
-        seen = seen.union(ix.select("customer_id", "timestamp"))
-    first_seen = seen.group_by("customer_id").aggregate(first_seen_at=seen.timestamp.min())
+    if first_seen is None:
+        seen = tx.select("customer_id", "timestamp")
+        if ix is not None:
+            seen = seen.union(ix.select("customer_id", "timestamp"))
+        first_seen = seen.group_by("customer_id").aggregate(first_seen_at=seen.timestamp.min())
     c = cust.select("customer_id", "signup_at", "country", "acquisition_channel")
     c = c.left_join(first_seen, "customer_id").select(c, first_seen.first_seen_at)
     return c.mutate(exists_from=ibis.least(c.signup_at, c.first_seen_at))
@@ -304,7 +309,14 @@ def build_expression(
     tables, ids = shared["keyed"]
     if "customers" not in shared:
         # Batches of cutoffs share it; the range plan (Spark) keeps it inline as before.
-        shared["customers"] = _customers(tables).cache() if physical == "prefix" else _customers(tables)
+        first_seen = None
+        if "native_sources" in shared:
+            events = [tab for name, tab in tables.items() if name in ("transactions", "interactions")]
+            arrow = native.first_seen(ibis.get_backend(tables["transactions"]), events)
+            first_seen = ibis.memtable(arrow) if arrow is not None else None
+        shared["customers"] = (
+            _customers(tables, first_seen).cache() if physical == "prefix" else _customers(tables, first_seen)
+        )
     t = _spine(shared["customers"], cut, observed_until)
 
     grains: dict[str, ir.Table] = {}

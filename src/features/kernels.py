@@ -586,6 +586,15 @@ def activity_days(
     return m + 1
 
 
+@numba.njit(nogil=True, cache=True)
+def earliest(cust: np.ndarray, micros: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Lower `out[c]` to customer c's first time, over rows sorted by (customer, time)."""
+    for i in range(len(cust)):
+        if (i == 0 or cust[i] != cust[i - 1]) and micros[i] < out[cust[i]]:
+            out[cust[i]] = micros[i]
+    return out
+
+
 def warm_up() -> None:
     """Load (or compile) every specialisation the prefix plan calls, on tiny arrays.
 
@@ -619,3 +628,4 @@ def warm_up() -> None:
     order_events(i64, i64, offsets, data, np.ones(2, np.bool_), f64, f64, *out, np.empty(4))
     first_purchases(i64, i32, i32, np.empty(4, np.int64), np.empty(4, np.int8))
     activity_days(i64, i64, no, *(np.empty(4, np.int64) for _ in range(4)))
+    earliest(i64, i64, np.empty(4, np.int64))

@@ -18,6 +18,7 @@ interactions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import ibis.expr.types as ir
@@ -61,21 +62,43 @@ def grains(purchases: ir.Table | None, interactions: ir.Table | None, sources: S
     """A native builder for each grain in `sources` that has one, over the keyed purchase lines
     and interactions (both as ingest sorted them)."""
     out: dict[str, NativeGrain] = {}
-    from_purchases = [s for s in sources if s in ("order_events", "first_purchases")]
+    build = {"order_events": order_events, "first_purchases": first_purchases}
+    from_purchases = {s: build[s] for s in sources if s in build}
     if purchases is not None and from_purchases:
         scan = SortedScan(
             purchases.select("customer_id", "timestamp", "order_id", "amount", "quantity", "product_id", "category"),
-            users=len(from_purchases),
+            users=1,
         )
-        build = {"order_events": order_events, "first_purchases": first_purchases}
+        together = _Together(scan, from_purchases)
         for source in from_purchases:
-            out[source] = lambda con, _scan=scan, _build=build[source]: _apply(_build, _scan.table(con))
+            out[source] = lambda con, _source=source: together.result(con, _source)
     if interactions is not None and "activity_days" in sources:
         scan = SortedScan(
             interactions.select("customer_id", "timestamp", login=interactions.event_type == "login"), users=1
         )
         out["activity_days"] = lambda con, _scan=scan: _apply(activity_days, _scan.table(con))
     return out
+
+
+class _Together:
+    """Grains built from one scan, all started when the first is asked for: each kernel is one
+    thread's work, so the others run beside it (order events and first purchases: ~0.5 s at 20M
+    events that no longer waits for the other core)."""
+
+    def __init__(self, scan: SortedScan, builds: dict[str, Callable[[pa.Table], pa.Table | None]]) -> None:
+        self._scan, self._builds = scan, builds
+        self._futures: dict[str, Future[pa.Table | None]] | None = None
+
+    def result(self, con: Any, source: str) -> pa.Table | None:
+        if self._futures is None:
+            table = self._scan.table(con)  # on the caller's thread: the engine's connection
+            self._futures = {}
+            if table is not None:
+                pool = ThreadPoolExecutor(len(self._builds), thread_name_prefix="custops-native")
+                self._futures = {s: pool.submit(build, table) for s, build in self._builds.items()}
+                pool.shutdown(wait=False)  # its threads end with their work
+        future = self._futures.pop(source, None)
+        return None if future is None else future.result()
 
 
 def _apply(build: Callable[[pa.Table], pa.Table | None], table: pa.Table | None) -> pa.Table | None:
@@ -204,3 +227,26 @@ def activity_days(events: pa.Table) -> pa.Table:
             "last_login_ts": pa.array(last_login[:m], mask=none).cast(stamp),
         }
     )
+
+
+def first_seen(con: Any, tables: Sequence[ir.Table]) -> pa.Table | None:
+    """(customer_id, first_seen_at): each customer's earliest event over `tables` (events as ingest
+    sorted them), as `custops.features.engine._customers` defines it from a grouped minimum; None
+    when a table's rows are not in that order. Per table, a customer's earliest event is its first
+    row: one pass, where the grouped minimum over both tables cost ~1 s at 20M events."""
+    from custops.features import kernels
+
+    none = np.iinfo(np.int64).max
+    first = np.zeros(0, np.int64)
+    stamp = None
+    for table in tables:
+        rows = SortedScan(table.select("customer_id", "timestamp"), users=1).table(con)
+        if rows is None:
+            return None
+        cust = _int64(rows["customer_id"])
+        if len(cust) and cust.max() >= len(first):
+            first = np.concatenate([first, np.full(int(cust.max()) + 1 - len(first), none, np.int64)])
+        kernels.earliest(cust, _int64(rows["timestamp"].cast(pa.int64())), first)
+        stamp = rows.schema.field("timestamp").type
+    keys = np.flatnonzero(first != none)
+    return pa.table({"customer_id": keys, "first_seen_at": pa.array(first[keys]).cast(stamp or pa.timestamp("us"))})

@@ -99,3 +99,17 @@ def test_native_grains_leave_events_out_of_order_to_sql() -> None:
         builders = native.grains(engine._purchases(tx), None, SOURCES)
         assert set(builders) == {"order_events", "first_purchases"}  # no interactions: no activity days
         assert [(builders[s](con) is not None) for s in builders] == [built, built]
+
+
+def test_native_first_seen_equals_the_grouped_minimum() -> None:
+    rng = np.random.default_rng(7)
+    con = ibis.duckdb.connect()
+    lines = _lines(rng, n_customers=40, per_customer=10)
+    tx = con.create_table("tx", lines[lines["customer_id"] % 5 != 1])  # some customers only interact
+    ix = con.create_table("ix", _interactions(rng, n_customers=45, per_customer=10).query("customer_id % 4 != 2"))
+    got = native.first_seen(con, [tx, ix])
+    seen = tx.select("customer_id", "timestamp").union(ix.select("customer_id", "timestamp"))
+    want = seen.group_by("customer_id").aggregate(first_seen_at=seen.timestamp.min()).to_pyarrow()
+    assert _rows(got).equals(_rows(want))
+    shuffled = con.create_table("shuffled", lines.sample(frac=1.0, random_state=2))
+    assert native.first_seen(con, [shuffled, ix]) is None
