@@ -109,7 +109,7 @@ class GrainPlan:
     measures: dict[Measure, str] = field(default_factory=dict)
     # The grain's rows computed outside the engine's SQL, in (customer, timestamp) order, or None
     # where it cannot (`custops.features.native`).
-    native: Callable[[Any], pa.Table | None] | None = None
+    native: Callable[[Any], pa.Table | None] | None = None  # e.g. `custops.features.native.NativeGrain`
 
     def measure_name(self, m: Measure) -> str:
         if m not in self.measures:

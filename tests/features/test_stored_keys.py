@@ -119,11 +119,16 @@ def test_grains_in_ingest_order_are_not_sorted_again_and_any_other_order_is(
     built: list[tuple[str, bool]] = []  # grains computed from the sorted events, or left to SQL
     real_grains = native.grains
 
-    def grains(*args: object) -> dict[str, object]:
-        def record(source: str, make: object) -> object:
-            return lambda con: built.append((source, (out := make(con)) is not None)) or out
+    class Recorded:
+        def __init__(self, source: str, grain: native.NativeGrain) -> None:
+            self.source, self.grain = source, grain
 
-        return {source: record(source, make) for source, make in real_grains(*args).items()}
+        def __call__(self, con: object) -> object:
+            built.append((self.source, (out := self.grain(con)) is not None))
+            return out
+
+    def grains(*args: object) -> dict[str, object]:
+        return {source: Recorded(source, grain) for source, grain in real_grains(*args).items()}
 
     monkeypatch.setattr(native, "grains", grains)
     sorted_build = build_snapshot(ingested, OfflineStore(tmp_path / "sorted"), fs, batch_rows=700)
