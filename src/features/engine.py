@@ -4,6 +4,7 @@ Design (why it is fast and point-in-time correct):
 - Raw tables are first reduced to a few *grains* (order events, refund events, first purchases,
   interaction days, ...) with window functions computed once over all history. Each grain row
   only carries facts known at its own timestamp (e.g. the gap to the *previous* purchase day).
+  Over events ingest sorted, `custops.features.native` builds the same grains in kernel passes.
 - Cutoffs are midnight UTC dates. Each grain is range-joined to the cutoffs on
   `timestamp < cutoff` (and `>= cutoff - max window` where every view of that grain is windowed),
   and *all* views of one grain are fused into a single grouped aggregation with conditional
