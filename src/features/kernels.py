@@ -391,7 +391,6 @@ def _less(offsets: np.ndarray, data: np.ndarray, i: int, j: int) -> bool:
 def _firsts(
     offsets: np.ndarray,
     data: np.ndarray,
-    valid: np.ndarray,
     index: np.ndarray,
     first: int,
     end: int,
@@ -400,7 +399,7 @@ def _firsts(
     touched: np.ndarray,
 ) -> None:
     """For positions [first, end) (one customer's, in time order) naming strings `index[p]`: set
-    `out[p]` to 1 where the string is valid and no earlier position's string equals it, else 0.
+    `out[p]` to 1 where no earlier position's string equals it, else 0.
 
     A few positions are compared pairwise; more go through `table`, an open-addressing set of
     string rows (-1: empty) with a power-of-two size at least twice the positions, which is left
@@ -408,20 +407,17 @@ def _firsts(
     """
     if end - first <= _FEW_EVENTS:
         for e in range(first, end):
-            out[e] = valid[index[e]]
-            if out[e]:
-                for q in range(first, e):
-                    if valid[index[q]] and _same(offsets, data, index[q], index[e]):
-                        out[e] = 0
-                        break
+            out[e] = 1
+            for q in range(first, e):
+                if _same(offsets, data, index[q], index[e]):
+                    out[e] = 0
+                    break
         return
     mask = np.uint64(len(table) - 1)
     used = 0
     for e in range(first, end):
         r = index[e]
-        out[e] = valid[r]
-        if not out[e]:
-            continue
+        out[e] = 1
         slot = np.int64(_hash(offsets, data, r) & mask)
         while table[slot] >= 0:
             if _same(offsets, data, table[slot], r):
@@ -456,7 +452,6 @@ def order_events(
     micros: np.ndarray,
     offsets: np.ndarray,
     data: np.ndarray,
-    valid: np.ndarray,
     amount: np.ndarray,
     quantity: np.ndarray,
     line: np.ndarray,
@@ -472,8 +467,8 @@ def order_events(
     """The order events grain (`custops.features.engine.order_events`) from purchase lines sorted by
     (customer, time), in one pass: no hash table over all lines, no sort, no window.
 
-    Lines: customer key, timestamp (µs), order id (Arrow string buffers; `valid` all true), amount
-    and quantity (no NULLs). An event is the lines of one (customer, order, timestamp); they are adjacent but for
+    Lines: customer key, timestamp (µs), order id (Arrow string buffers), amount and quantity (no
+    NULLs). An event is the lines of one (customer, order, timestamp); they are adjacent but for
     other orders' lines at the same timestamp. Writes, per event in (customer, time, order id) order
     (the grain's window order): its first line, customer, revenue, lines, quantity, the flags
     order_start, new_day and first_day, and the gap in days from the previous purchase day (NaN
@@ -524,7 +519,7 @@ def order_events(
             gap[e] = float(day - before) if e > first and day != before else np.nan
             first_day[e] = day == day0
             before = day
-        _firsts(offsets, data, valid, line, first, m, order_start, table, touched)
+        _firsts(offsets, data, line, first, m, order_start, table, touched)
         a = b
     return m
 
@@ -625,7 +620,7 @@ def warm_up() -> None:
     # The grain kernels write: each output its own array, as large as the kernel may fill.
     offsets, data = np.zeros(3, np.int64), np.zeros(0, np.uint8)
     out = [np.empty(4, t) for t in (np.int64, np.int64, np.float64, np.int64, np.float64, np.int8, np.int8, np.int8)]
-    order_events(i64, i64, offsets, data, np.ones(2, np.bool_), f64, f64, *out, np.empty(4))
+    order_events(i64, i64, offsets, data, f64, f64, *out, np.empty(4))
     first_purchases(i64, i32, i32, np.empty(4, np.int64), np.empty(4, np.int8))
     activity_days(i64, i64, no, *(np.empty(4, np.int64) for _ in range(4)))
     earliest(i64, i64, np.empty(4, np.int64))

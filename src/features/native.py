@@ -96,8 +96,8 @@ def _int64(values: pa.ChunkedArray) -> np.ndarray:
     return values.to_numpy().astype(np.int64, copy=False)
 
 
-def _strings(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
-    """A string column as one array and its (offsets as int64, bytes, validity) for the kernels."""
+def _strings(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """A string column without NULLs as one array, and its offsets (as int64) and bytes for the kernels."""
     array = values.combine_chunks()
     if pa.types.is_string_view(array.type):
         array = array.cast(pa.string())
@@ -105,8 +105,7 @@ def _strings(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray,
     width = np.int64 if pa.types.is_large_string(array.type) else np.int32
     offsets = np.frombuffer(offsets, width)[array.offset : array.offset + len(array) + 1].astype(np.int64)
     data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-    valid = np.ones(len(array), np.bool_) if not array.null_count else array.is_valid().to_numpy(zero_copy_only=False)
-    return array, offsets, data, valid
+    return array, offsets, data
 
 
 # Output arrays are allocated here, by numpy, which asks for transparent huge pages: the kernels'
@@ -123,7 +122,7 @@ def order_events(lines: pa.Table) -> pa.Table | None:
         return None
     cust = _int64(lines["customer_id"])
     micros = _int64(lines["timestamp"].cast(pa.int64()))
-    orders, offsets, data, valid = _strings(lines["order_id"])
+    orders, offsets, data = _strings(lines["order_id"])
     n = len(cust)
     line, customer, count = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
     revenue, units, gap = np.empty(n), np.empty(n), np.empty(n)
@@ -133,7 +132,6 @@ def order_events(lines: pa.Table) -> pa.Table | None:
         micros,
         offsets,
         data,
-        valid,
         lines["amount"].to_numpy().astype(np.float64, copy=False),
         lines["quantity"].to_numpy().astype(np.float64, copy=False),
         line,
