@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import ibis.expr.types as ir
@@ -27,14 +28,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def read_sorted(con: Any, rows: ir.Table) -> pa.Table | None:
+@dataclass(frozen=True)
+class SortedRows:
+    """Events in (customer, timestamp) order: the Arrow rows, and their customer keys and times (µs)
+    as the int64 arrays the kernels read (converted once, for the order check and every grain)."""
+
+    table: pa.Table
+    cust: np.ndarray
+    micros: np.ndarray
+
+
+def read_sorted(con: Any, rows: ir.Table) -> SortedRows | None:
     """The rows of an Ibis relation of events, read in file order; None when they are not in
     (customer, timestamp) order (e.g. a layer rewritten in another order)."""
     from custops.features import kernels  # numba: imported only by builds that need it
 
     table = con.to_pyarrow(rows)
-    in_order = kernels.in_customer_order(_int64(table["customer_id"]), _int64(table["timestamp"].cast(pa.int64())))
-    return table if in_order else None
+    cust, micros = _int64(table["customer_id"]), _int64(table["timestamp"].cast(pa.int64()))
+    return SortedRows(table, cust, micros) if kernels.in_customer_order(cust, micros) else None
 
 
 def grains(purchases: ir.Table | None, interactions: ir.Table | None, sources: Sequence[str]) -> dict[str, NativeGrain]:
@@ -60,7 +71,7 @@ class _Together:
     for the other core). (Starting every grain's scan and kernels before the engine's own grains,
     to overlap them with its queries, measured no faster: 22.8 against 22.65 s, median of 4.)"""
 
-    def __init__(self, rows: ir.Table, builds: dict[str, Callable[[pa.Table], pa.Table | None]]) -> None:
+    def __init__(self, rows: ir.Table, builds: dict[str, Callable[[SortedRows], pa.Table | None]]) -> None:
         self._rows, self._builds = rows, builds
         self._futures: dict[str, Future[pa.Table | None]] | None = None
 
@@ -112,16 +123,15 @@ def _strings(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]
 # own allocations are touched first in 4 kB pages, several times more costly at these sizes.
 
 
-def order_events(lines: pa.Table) -> pa.Table | None:
+def order_events(rows: SortedRows) -> pa.Table | None:
     """`custops.features.engine.order_events` from purchase lines in (customer, timestamp) order
     (`custops.features.kernels.order_events`); None when an order id, amount or quantity is NULL
     (ingest fills them; the SQL grain handles any)."""
     from custops.features import kernels
 
+    lines, cust, micros = rows.table, rows.cust, rows.micros
     if any(lines[c].null_count for c in ("order_id", "amount", "quantity")):
         return None
-    cust = _int64(lines["customer_id"])
-    micros = _int64(lines["timestamp"].cast(pa.int64()))
     orders, offsets, data = _strings(lines["order_id"])
     n = len(cust)
     line, customer, count = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
@@ -161,7 +171,7 @@ def order_events(lines: pa.Table) -> pa.Table | None:
     )
 
 
-def first_purchases(lines: pa.Table) -> pa.Table:
+def first_purchases(rows: SortedRows) -> pa.Table:
     """`custops.features.engine.first_purchases` from purchase lines in (customer, timestamp) order
     (`custops.features.kernels.first_purchases`): (customer_id, timestamp, kind) in that order.
 
@@ -170,7 +180,7 @@ def first_purchases(lines: pa.Table) -> pa.Table:
     """
     from custops.features import kernels
 
-    cust = _int64(lines["customer_id"])
+    lines, cust = rows.table, rows.cust
     n = len(cust)
     line, kind = np.empty(2 * n, np.int64), np.empty(2 * n, np.int8)
     m = kernels.first_purchases(cust, _codes(lines["product_id"]), _codes(lines["category"]), line, kind)
@@ -191,13 +201,12 @@ def _codes(values: pa.ChunkedArray) -> np.ndarray:
     return indices.fill_null(-1).to_numpy().astype(np.int32, copy=False)
 
 
-def activity_days(events: pa.Table) -> pa.Table:
+def activity_days(rows: SortedRows) -> pa.Table:
     """`custops.features.engine.activity_days` from interactions (customer_id, timestamp, login) in
     (customer, timestamp) order (`custops.features.kernels.activity_days`)."""
     from custops.features import kernels
 
-    cust = _int64(events["customer_id"])
-    micros = _int64(events["timestamp"].cast(pa.int64()))
+    events, cust, micros = rows.table, rows.cust, rows.micros
     login = events["login"].fill_null(False).to_numpy().astype(np.bool_, copy=False)
     n = len(cust)
     customer, day, last, last_login = (np.empty(n, np.int64) for _ in range(4))
@@ -228,10 +237,10 @@ def first_seen(con: Any, tables: Sequence[ir.Table]) -> pa.Table | None:
         rows = read_sorted(con, table.select("customer_id", "timestamp"))
         if rows is None:
             return None
-        cust = _int64(rows["customer_id"])
+        cust = rows.cust
         if len(cust) and cust.max() >= len(first):
             first = np.concatenate([first, np.full(int(cust.max()) + 1 - len(first), none, np.int64)])
-        kernels.earliest(cust, _int64(rows["timestamp"].cast(pa.int64())), first)
-        stamp = rows.schema.field("timestamp").type
+        kernels.earliest(cust, rows.micros, first)
+        stamp = rows.table.schema.field("timestamp").type
     keys = np.flatnonzero(first != none)
     return pa.table({"customer_id": keys, "first_seen_at": pa.array(first[keys]).cast(stamp or pa.timestamp("us"))})
