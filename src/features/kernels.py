@@ -590,6 +590,15 @@ def earliest(cust: np.ndarray, micros: np.ndarray, out: np.ndarray) -> np.ndarra
     return out
 
 
+@numba.njit(nogil=True, cache=True)
+def earliest_where(cust: np.ndarray, micros: np.ndarray, flag: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Lower `out[c]` to customer c's earliest time among the rows whose `flag` is set."""
+    for i in range(len(cust)):
+        if flag[i] and micros[i] < out[cust[i]]:
+            out[cust[i]] = micros[i]
+    return out
+
+
 def warm_up() -> None:
     """Load (or compile) every specialisation the prefix plan calls, on tiny arrays.
 
@@ -624,3 +633,4 @@ def warm_up() -> None:
     first_purchases(i64, i32, i32, np.empty(4, np.int64), np.empty(4, np.int8))
     activity_days(i64, i64, no, *(np.empty(4, np.int64) for _ in range(4)))
     earliest(i64, i64, np.empty(4, np.int64))
+    earliest_where(i64, i64, no, np.empty(4, np.int64))

@@ -107,9 +107,14 @@ def test_native_first_seen_equals_the_grouped_minimum() -> None:
     lines = _lines(rng, n_customers=40, per_customer=10)
     tx = con.create_table("tx", lines[lines["customer_id"] % 5 != 1])  # some customers only interact
     ix = con.create_table("ix", _interactions(rng, n_customers=45, per_customer=10).query("customer_id % 4 != 2"))
-    got = native.first_seen(con, [tx, ix])
-    seen = tx.select("customer_id", "timestamp").union(ix.select("customer_id", "timestamp"))
-    want = seen.group_by("customer_id").aggregate(first_seen_at=seen.timestamp.min()).to_pyarrow()
-    assert _rows(got).equals(_rows(want))
+    got = native.first_seen(con, [engine._flag_purchases(tx), ix.select("customer_id", "timestamp")])
+    seen = engine._seen_events(tx, ix)
+    want = seen.group_by("customer_id").aggregate(
+        first_seen_at=seen.timestamp.min(), buyer_from=seen.timestamp.min(where=seen.purchase)
+    )
+    got, want = _rows(got), _rows(want.to_pyarrow())
+    assert got.equals(want)
+    # The data has customers whose first line is a refund, and customers who never bought.
+    assert (got["buyer_from"] > got["first_seen_at"]).any() and got["buyer_from"].isna().any()
     shuffled = con.create_table("shuffled", lines.sample(frac=1.0, random_state=2))
-    assert native.first_seen(con, [shuffled, ix]) is None
+    assert native.first_seen(con, [engine._flag_purchases(shuffled), ix]) is None

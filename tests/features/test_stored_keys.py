@@ -92,6 +92,15 @@ def test_stored_keys_build_the_snapshot_the_joined_ids_build(
     build_snapshot(mixed, OfflineStore(tmp_path / "mixed-store"), fs, batch_rows=700)
     assert used == ["_integer_keys"]
 
+    # Rows as written: by cutoff, then the customers who had bought before it, then the others, each
+    # part in customer order (the ids' order is the keys' order): a buyer's NULL columns form one run.
+    written = pq.read_table(stored.features_path).to_pandas()
+    bought = written["n_orders"] > 0
+    assert bought.any() and (~bought).any()
+    order = pd.DataFrame({"cutoff": written["cutoff"], "other": ~bought, "id": written["customer_id"]})
+    assert order.equals(order.sort_values(["cutoff", "other", "id"]))
+    assert written["last_purchase_at"].isna().equals(~bought)
+
     key = ["customer_id", "cutoff"]
     a = stored.read().sort_values(key).reset_index(drop=True)
     b = joined.read().sort_values(key).reset_index(drop=True)
