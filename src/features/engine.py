@@ -208,7 +208,7 @@ def _spine(customers: ir.Table, cut: ir.Table, observed_until: pd.Timestamp) -> 
 
 def _customers(tables: Mapping[str, ir.Table], first_seen: ir.Table | None = None) -> ir.Table:
     """Every customer with profile columns, `exists_from` (signup or first activity, if earlier) and
-    `buyer_from` (first purchase: the prefix plan orders its rows by it, see `_spine_order`).
+    `buyer_from` (first purchase: the prefix plan orders its rows by it, see `native.spine`).
 
     `first_seen`: the (customer_id, first_seen_at, buyer_from) rows this defines, computed
     elsewhere (`custops.features.native.first_seen`).
@@ -295,6 +295,7 @@ def build_expression(
     """
     cutoffs = sorted(pd.Timestamp(c) for c in cutoffs)
     shared = shared if shared is not None else {}
+    shared["cutoffs"], shared["observed_until"] = cutoffs, observed_until
     if shared.get("steps") is not None:
         # A replayable batch (see `replay_batch`): the cutoffs are a table of a fixed name.
         cut = register_cutoffs(ibis.get_backend(tables["transactions"]), shared, cutoffs)
@@ -677,16 +678,18 @@ def _attach_prefix_features(
         after = {grain: functools.partial(_release, keyed.get(table)) for table, grain in last.items()}
     con = ibis.get_backend(t)
     spine_columns = t.columns
-    # The spine, sorted (the searches then walk forward), becomes the lookup table itself: its rows
-    # are the spine's, so no join brings them together. When recording for replay its SQL is kept
-    # (it reads the cutoffs by a fixed name, no memtable).
-    ordered = t.order_by(_spine_order(t))
-    spine_sql = con.compile(ordered) if shared.get("steps") is not None else None
+    # The spine, in the order `native.spine` gives it (the searches then walk forward), becomes the
+    # lookup table itself: its rows are the spine's, so no join brings them together. Each batch
+    # reads its cutoffs from `shared` (replayed batches included).
+    schema = t.schema().to_pyarrow()
     name = shared.setdefault("lookup_table", f"custops_prefix_lookups_{uuid.uuid4().hex[:12]}")
     running = shared.setdefault("running_totals", {})
 
     def compute_lookups() -> tuple[dict[int, dict[ops.Value, str]], dict[int, dict[prefix.Window, str]]]:
-        spine = con.to_pyarrow(ordered) if spine_sql is None else con.con.sql(spine_sql).to_arrow_table()
+        if "customers_arrow" not in shared:  # every customer once, in key order
+            customers = con.to_pyarrow(shared["customers"].order_by("customer_id"))
+            shared["customers_arrow"] = customers.combine_chunks()  # one take per column and cutoff
+        spine = native.spine(shared["customers_arrow"], shared["cutoffs"], shared["observed_until"], schema)
         # Ingest's keys come with its sort: events by (customer_key, timestamp).
         sorted_sources = bool(shared.get("stored_keys"))
         table, red_cols, presence_cols = prefix.lookup_table(used, con, spine, running, after, sorted_sources)
@@ -718,20 +721,6 @@ def _attach_prefix_features(
 # ---------------------------------------------------------------- replayable batches
 
 
-def _spine_order(t: ir.Table) -> list[ir.Value]:
-    """The prefix plan's row order: by cutoff, then the customers who had bought before it, then
-    those who had not, each by customer key.
-
-    The lookups walk each part forward as they would one sorted spine. The snapshot's rows come in
-    this order, so a buyer's columns that are NULL for a non-buyer (recency, order values, RFM scores,
-    purchase times...) are NULL in one run per cutoff: Parquet encodes such a run in a few bytes
-    where interleaved NULLs cost a definition level each. Measured on an 884k-row cutoff of the
-    20M-event snapshot: 15% less time to write it, and 6% fewer bytes.
-    """
-    bought = (t.buyer_from < t.cutoff).fill_null(False)
-    return [t.cutoff, bought.desc(), t.customer_id]
-
-
 def start_replay(shared: dict[str, Any]) -> None:
     """Make the next `build_expression(..., shared=shared)` record its steps for `replay_batch`.
 
@@ -750,6 +739,7 @@ def replay_batch(con: Any, shared: dict[str, Any], cutoffs: Sequence[pd.Timestam
     if not shared.get("steps"):
         return False
     register_cutoffs(con, shared, cutoffs)
+    shared["cutoffs"] = sorted(pd.Timestamp(c) for c in cutoffs)
     for step in shared["steps"]:
         step()
     return True

@@ -24,6 +24,7 @@ from typing import Any
 
 import ibis.expr.types as ir
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -257,3 +258,37 @@ def first_seen(con: Any, tables: Sequence[ir.Table]) -> pa.Table | None:
             "buyer_from": pa.array(purchased, mask=purchased == none).cast(stamp),
         }
     )
+
+
+def spine(customers: pa.Table, cutoffs: Sequence[Any], observed_until: Any, schema: pa.Schema) -> pa.Table:
+    """`custops.features.engine._spine` for the prefix plan: one row per (customer, cutoff) for the
+    customers who existed before the cutoff, with `schema`'s columns, from `customers` (its rows in
+    customer-key order, with `exists_from` and `buyer_from`).
+
+    Rows by cutoff; within one, first the customers who had bought before it, then the others,
+    each part in key order. The lookups walk each part forward as they would one sorted spine, and
+    a buyer's columns that are NULL for a non-buyer (recency, order values, RFM scores, purchase
+    times...) are NULL in one run per cutoff: Parquet encodes such a run in a few bytes where
+    interleaved NULLs cost a definition level each (writing an 884k-row cutoff of the 20M-event
+    snapshot: 15% less time and 6% fewer bytes). A mask and a take per cutoff, where the engine's
+    join and sort took ~0.15 s per cutoff at 1M customers.
+    """
+    never = np.iinfo(np.int64).max
+
+    def micros(column: str) -> np.ndarray:
+        return customers[column].cast(pa.int64()).fill_null(never).to_numpy()
+
+    def at(value: Any) -> int:
+        return int(pd.Timestamp(value).value) // 1000  # naive UTC µs, as the engine's timestamps
+
+    exists, bought = micros("exists_from"), micros("buyer_from")
+    until = pa.scalar(at(observed_until), pa.int64()).cast(schema.field("observed_until").type)
+    parts = []
+    for cutoff in sorted(at(c) for c in cutoffs):
+        there, buyer = exists < cutoff, bought < cutoff
+        rows = np.concatenate([np.flatnonzero(there & buyer), np.flatnonzero(there & ~buyer)])
+        part = customers.take(pa.array(rows))
+        part = part.append_column("cutoff", pa.repeat(pa.scalar(cutoff, pa.int64()), len(rows)))
+        parts.append(part.append_column("observed_until", pa.repeat(until, len(rows))))
+    table = pa.concat_tables(parts) if parts else schema.empty_table()
+    return table.select(schema.names).cast(schema)

@@ -118,3 +118,41 @@ def test_native_first_seen_equals_the_grouped_minimum() -> None:
     assert (got["buyer_from"] > got["first_seen_at"]).any() and got["buyer_from"].isna().any()
     shuffled = con.create_table("shuffled", lines.sample(frac=1.0, random_state=2))
     assert native.first_seen(con, [engine._flag_purchases(shuffled), ix]) is None
+
+
+def test_native_spine_has_the_sql_spines_rows_buyers_first() -> None:
+    rng = np.random.default_rng(5)
+    con = ibis.duckdb.connect()
+    n = 60
+    day = pd.Timestamp("2024-01-01")
+
+    def times(p_null: float) -> list[pd.Timestamp | None]:
+        hours = rng.integers(0, 24 * 90, n)
+        return [None if rng.random() < p_null else day + pd.Timedelta(hours=int(h)) for h in hours]
+
+    customers = pd.DataFrame(
+        {
+            "customer_id": np.arange(n),
+            "signup_at": times(0.3),
+            "country": rng.choice(["DE", "FR", None], n),
+            "acquisition_channel": rng.choice(["ads", "seo"], n),
+            "first_seen_at": times(0.2),
+            "buyer_from": times(0.4),
+        }
+    )
+    for c in ("signup_at", "first_seen_at", "buyer_from"):
+        customers[c] = pd.to_datetime(customers[c]).astype("datetime64[us]")
+    table = con.create_table("customers", customers)
+    table = table.mutate(exists_from=ibis.least(table.signup_at, table.first_seen_at))
+    cutoffs = [day, day + pd.Timedelta(days=30), day + pd.Timedelta(days=61, hours=5)]  # the first: nobody yet
+    cut = ibis.memtable(pd.DataFrame({"cutoff": pd.to_datetime(cutoffs).astype("datetime64[us]")}))
+    until = pd.Timestamp("2024-05-01")
+    sql = engine._spine(table, cut, until)
+    got = native.spine(con.to_pyarrow(table.order_by("customer_id")), cutoffs, until, sql.schema().to_pyarrow())
+    assert got.schema == sql.schema().to_pyarrow()
+    want = sql.to_pyarrow().to_pandas()
+    want["other"] = ~(want["buyer_from"] < want["cutoff"])  # NULL: not a buyer
+    want = want.sort_values(["cutoff", "other", "customer_id"]).drop(columns="other").reset_index(drop=True)
+    got = got.to_pandas()
+    assert len(got) > n and got["buyer_from"].isna().any() and (got["buyer_from"] >= got["cutoff"]).any()
+    pd.testing.assert_frame_equal(got, want)
