@@ -275,8 +275,10 @@ def spine(customers: pa.Table, cutoffs: Sequence[Any], observed_until: Any, sche
     """
     never = np.iinfo(np.int64).max
 
-    def micros(column: str) -> np.ndarray:
-        return customers[column].cast(pa.int64()).fill_null(never).to_numpy()
+    def micros(column: str) -> np.ndarray:  # µs since the epoch (UTC for a zoned column), whatever the unit
+        values = customers[column]
+        values = values.cast(pa.timestamp("us", values.type.tz)).cast(pa.int64())
+        return values.fill_null(never).to_numpy()
 
     def at(value: Any) -> int:
         return int(pd.Timestamp(value).value) // 1000  # naive UTC µs, as the engine's timestamps

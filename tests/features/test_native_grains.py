@@ -5,6 +5,7 @@ from __future__ import annotations
 import ibis
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from custops.features import engine, native
@@ -148,8 +149,13 @@ def test_native_spine_has_the_sql_spines_rows_buyers_first() -> None:
     cut = ibis.memtable(pd.DataFrame({"cutoff": pd.to_datetime(cutoffs).astype("datetime64[us]")}))
     until = pd.Timestamp("2024-05-01")
     sql = engine._spine(table, cut, until)
-    got = native.spine(con.to_pyarrow(table.order_by("customer_id")), cutoffs, until, sql.schema().to_pyarrow())
+    rows = con.to_pyarrow(table.order_by("customer_id"))
+    got = native.spine(rows, cutoffs, until, sql.schema().to_pyarrow())
     assert got.schema == sql.schema().to_pyarrow()
+    # Customers' times in another unit are compared as the same instants.
+    ms = [f.with_type(pa.timestamp("ms")) if f.type == pa.timestamp("us") else f for f in rows.schema]
+    in_ms = rows.cast(pa.schema(ms))
+    assert native.spine(in_ms, cutoffs, until, sql.schema().to_pyarrow()).equals(got)
     want = sql.to_pyarrow().to_pandas()
     want["other"] = ~(want["buyer_from"] < want["cutoff"])  # NULL: not a buyer
     want = want.sort_values(["cutoff", "other", "customer_id"]).drop(columns="other").reset_index(drop=True)
