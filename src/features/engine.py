@@ -46,13 +46,18 @@ KEY = ("customer_id", "cutoff")
 # ---------------------------------------------------------------- grains
 
 
+def _is_purchase(tx: ir.Table) -> ir.BooleanValue:
+    """Whether a transaction line is a purchase (NULL status: not one)."""
+    return tx.status == "purchase"
+
+
 def _purchases(tx: ir.Table) -> ir.Table:
-    return tx.filter(tx.status == "purchase")
+    return tx.filter(_is_purchase(tx))
 
 
 def _flag_purchases(tx: ir.Table) -> ir.Table:
     """(customer_id, timestamp, purchase): every transaction line, flagged when `_purchases` keeps it."""
-    return tx.select("customer_id", "timestamp", purchase=(tx.status == "purchase").fill_null(False))
+    return tx.select("customer_id", "timestamp", purchase=_is_purchase(tx).fill_null(False))
 
 
 def order_events(tx: ir.Table) -> ir.Table:
@@ -92,7 +97,7 @@ def refund_events(tx: ir.Table) -> ir.Table:
 
 def first_purchases(tx: ir.Table) -> ir.Table:
     """First purchase time of each product and each category per customer."""
-    purchases = tx.filter(tx.status == "purchase")
+    purchases = tx.filter(_is_purchase(tx))
     parts = []
     for kind, col in (("product", "product_id"), ("category", "category")):
         p = purchases.filter(purchases[col].notnull())
@@ -106,7 +111,7 @@ def first_purchases(tx: ir.Table) -> ir.Table:
 
 def category_lines(tx: ir.Table) -> ir.Table:
     """Purchased lines with a category (for per-category labels)."""
-    purchases = tx.filter((tx.status == "purchase") & tx.category.notnull())
+    purchases = tx.filter(_is_purchase(tx) & tx.category.notnull())
     return purchases.select("customer_id", "timestamp", "category")
 
 
@@ -880,6 +885,6 @@ def top_categories(tx: ir.Table, n: int) -> list[str]:
     """The `n` categories with the most purchased lines (for per-category labels)."""
     if n <= 0 or "category" not in tx.columns:
         return []
-    p = tx.filter((tx.status == "purchase") & tx.category.notnull())
+    p = tx.filter(_is_purchase(tx) & tx.category.notnull())
     top = p.group_by("category").aggregate(n=p.category.count()).order_by([ibis.desc("n"), "category"]).limit(n)
     return [str(c) for c in top.to_pandas()["category"].tolist()]
