@@ -229,12 +229,18 @@ def _customers(tables: Mapping[str, ir.Table], first_seen: ir.Table | None = Non
     return c.mutate(exists_from=ibis.least(c.signup_at, c.first_seen_at))
 
 
-def _seen_events(tx: ir.Table, ix: ir.Table | None) -> ir.Table:
-    """(customer_id, timestamp, purchase) of every event: a customer's first activity and first purchase."""
-    seen = _flag_purchases(tx)
+def _seen_parts(tx: ir.Table, ix: ir.Table | None) -> list[ir.Table]:
+    """(customer_id, timestamp, purchase) of every event, per source table: what a customer's first
+    activity and first purchase are taken from (in SQL, or by `native.first_seen`)."""
+    parts = [_flag_purchases(tx)]
     if ix is not None:
-        seen = seen.union(ix.select("customer_id", "timestamp", purchase=ibis.literal(False)))
-    return seen
+        parts.append(ix.select("customer_id", "timestamp", purchase=ibis.literal(False)))
+    return parts
+
+
+def _seen_events(tx: ir.Table, ix: ir.Table | None) -> ir.Table:
+    """`_seen_parts` as one table."""
+    return functools.reduce(ir.Table.union, _seen_parts(tx, ix))
 
 
 def _aggregate(grain: ir.Table, cut: ir.Table, group: _Group) -> ir.Table:
@@ -332,9 +338,8 @@ def build_expression(
         # Batches of cutoffs share it; the range plan (Spark) keeps it inline as before.
         first_seen = None
         if "native_sources" in shared:
-            tx, ix = tables["transactions"], tables.get("interactions")
-            events = [_flag_purchases(tx), *([ix.select("customer_id", "timestamp")] if ix is not None else [])]
-            arrow = native.first_seen(ibis.get_backend(tx), events)
+            tx = tables["transactions"]
+            arrow = native.first_seen(ibis.get_backend(tx), _seen_parts(tx, tables.get("interactions")))
             first_seen = ibis.memtable(arrow) if arrow is not None else None
         shared["customers"] = (
             _customers(tables, first_seen).cache() if physical == "prefix" else _customers(tables, first_seen)

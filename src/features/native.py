@@ -226,10 +226,10 @@ def activity_days(rows: SortedRows) -> pa.Table:
 
 def first_seen(con: Any, tables: Sequence[ir.Table]) -> pa.Table | None:
     """(customer_id, first_seen_at, buyer_from): each customer's earliest event over `tables`
-    (events as ingest sorted them), as `custops.features.engine._customers` defines them from grouped
-    minima; None when a table's rows are not in that order. A table with a boolean `purchase` column
-    also gives the earliest of its rows where it is true. Per table, a customer's earliest event is
-    its first row: one pass, where the grouped minimum over both tables cost ~1 s at 20M events."""
+    (events as ingest sorted them, with a boolean `purchase` column: `engine._seen_parts`), as
+    `custops.features.engine._customers` defines them from grouped minima; None when a table's rows
+    are not in that order. Per table, a customer's earliest event is its first row: one pass, where
+    the grouped minimum over both tables cost ~1 s at 20M events."""
     from custops.features import kernels
 
     none = np.iinfo(np.int64).max
@@ -244,9 +244,8 @@ def first_seen(con: Any, tables: Sequence[ir.Table]) -> pa.Table | None:
             grow = np.full(int(cust.max()) + 1 - len(first), none, np.int64)
             first, bought = np.concatenate([first, grow]), np.concatenate([bought, grow])
         kernels.earliest(cust, rows.micros, first)
-        if "purchase" in rows.table.column_names:
-            flag = rows.table["purchase"].fill_null(False).to_numpy().astype(np.bool_, copy=False)
-            kernels.earliest_where(cust, rows.micros, flag, bought)
+        flag = rows.table["purchase"].fill_null(False).to_numpy().astype(np.bool_, copy=False)
+        kernels.earliest_where(cust, rows.micros, flag, bought)
         stamp = rows.table.schema.field("timestamp").type
     keys = np.flatnonzero(first != none)
     stamp = stamp or pa.timestamp("us")

@@ -108,7 +108,7 @@ def test_native_first_seen_equals_the_grouped_minimum() -> None:
     lines = _lines(rng, n_customers=40, per_customer=10)
     tx = con.create_table("tx", lines[lines["customer_id"] % 5 != 1])  # some customers only interact
     ix = con.create_table("ix", _interactions(rng, n_customers=45, per_customer=10).query("customer_id % 4 != 2"))
-    got = native.first_seen(con, [engine._flag_purchases(tx), ix.select("customer_id", "timestamp")])
+    got = native.first_seen(con, engine._seen_parts(tx, ix))
     seen = engine._seen_events(tx, ix)
     want = seen.group_by("customer_id").aggregate(
         first_seen_at=seen.timestamp.min(), buyer_from=seen.timestamp.min(where=seen.purchase)
@@ -118,7 +118,7 @@ def test_native_first_seen_equals_the_grouped_minimum() -> None:
     # The data has customers whose first line is a refund, and customers who never bought.
     assert (got["buyer_from"] > got["first_seen_at"]).any() and got["buyer_from"].isna().any()
     shuffled = con.create_table("shuffled", lines.sample(frac=1.0, random_state=2))
-    assert native.first_seen(con, [engine._flag_purchases(shuffled), ix]) is None
+    assert native.first_seen(con, engine._seen_parts(shuffled, ix)) is None
 
 
 def test_native_spine_has_the_sql_spines_rows_buyers_first() -> None:
